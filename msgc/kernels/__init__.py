@@ -1,0 +1,54 @@
+"""Masked kernels: masked linear (+ activation), masked SwiGLU, masked Layer/RMS norm.
+
+The public functions go through the dispatcher (:mod:`msgc.kernels.dispatch`), which
+picks the reference, weight-fold or Triton implementation per shape, dtype and device;
+``impl=`` or ``$MSGC_KERNELS`` forces one. The custom ops ``msgc::masked_linear``,
+``msgc::masked_swiglu`` and ``msgc::masked_norm`` (with their ``*_backward`` ops) are
+registered on import, with fake and autograd implementations.
+
+Note: ``msgc.kernels.masked_linear`` / ``msgc.kernels.masked_norm`` are the public
+functions; the modules of the same names are reached with
+``importlib.import_module("msgc.kernels.masked_linear")``.
+"""
+
+from msgc.kernels.dispatch import (
+    ENV_VAR,
+    IMPLS,
+    KernelUnavailableError,
+    chosen_impl,
+    clear_cache,
+    masked_linear,
+    masked_norm,
+    masked_swiglu,
+)
+from msgc.kernels.masked_linear import (
+    ACTIVATIONS,
+    masked_linear_fold,
+    masked_linear_reference,
+    masked_linear_triton,
+    masked_swiglu_fold,
+    masked_swiglu_reference,
+    masked_swiglu_triton,
+)
+from msgc.kernels.masked_norm import NORM_KINDS, masked_norm_reference, masked_norm_triton
+
+__all__ = [
+    "ACTIVATIONS",
+    "ENV_VAR",
+    "IMPLS",
+    "NORM_KINDS",
+    "KernelUnavailableError",
+    "chosen_impl",
+    "clear_cache",
+    "masked_linear",
+    "masked_linear_fold",
+    "masked_linear_reference",
+    "masked_linear_triton",
+    "masked_norm",
+    "masked_norm_reference",
+    "masked_norm_triton",
+    "masked_swiglu",
+    "masked_swiglu_fold",
+    "masked_swiglu_reference",
+    "masked_swiglu_triton",
+]

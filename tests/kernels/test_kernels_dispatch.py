@@ -1,0 +1,187 @@
+"""The dispatcher: forcing by argument and environment, CPU fallback, measuring, caching."""
+
+import importlib
+
+import pytest
+import torch
+
+import msgc.kernels as K
+from msgc.errors import MsgcError
+from msgc.kernels import dispatch
+
+# msgc.kernels.masked_linear is also the name of a public function: use the module.
+ml = importlib.import_module("msgc.kernels.masked_linear")
+
+
+@pytest.fixture(autouse=True)
+def _clean(monkeypatch):
+    monkeypatch.delenv(K.ENV_VAR, raising=False)
+    dispatch.clear_cache()
+    yield
+    dispatch.clear_cache()
+
+
+def linear_args(mba_dtype=torch.float32):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 17, 24, generator=gen).to(mba_dtype)
+    w = torch.randn(40, 24, generator=gen).to(mba_dtype)
+    b = torch.randn(40, generator=gen).to(mba_dtype)
+    m = torch.rand(40, generator=gen)
+    m[:10] = 0
+    m[10:20] = 1
+    return x, w, b, m
+
+
+def norm_args():
+    x, _, _, _ = linear_args()
+    w = torch.rand(24) + 0.5
+    m = torch.rand(24)
+    m[:6] = 0
+    return x, w, None, m
+
+
+def test_cpu_fallback_rule():
+    x, w, b, m = linear_args()
+    assert K.chosen_impl("masked_linear", x, w, b, m, "gelu", True) == "fold"
+    assert K.chosen_impl("masked_linear", x, w, b, m, "gelu", False) == "reference"
+    assert K.chosen_impl("masked_swiglu", x, w, w, m) == "fold"
+    assert K.chosen_impl("masked_norm", *norm_args(), 1e-5, "rms") == "reference"
+    assert dispatch.cache_info() == {}  # nothing measured without a GPU
+
+
+@pytest.mark.parametrize("impl", ["reference", "fold", "triton"])
+@pytest.mark.parametrize("act, mba", [("gelu", True), ("silu", False), (None, True)])
+def test_forced_impl_runs_that_impl(impl, act, mba):
+    x, w, b, m = linear_args()
+    expected = {"reference": "reference", "fold": "fold" if mba else "reference"}.get(impl, impl)
+    assert K.chosen_impl("masked_linear", x, w, b, m, act, mba, impl=impl) == expected
+    y = K.masked_linear(x, w, b, m, act, mba, impl=impl)
+    ref = K.masked_linear_reference(x.double(), w.double(), b.double(), m.double(), act, mba)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_forced_impl_reaches_the_implementation(monkeypatch):
+    x, w, b, m = linear_args()
+    calls = []
+    for name in ("masked_linear_reference", "masked_linear_fold", "masked_linear_triton"):
+        real = getattr(ml, name)
+
+        def spy(*a, _real=real, _name=name):
+            calls.append(_name)
+            return _real(*a)
+
+        monkeypatch.setattr(ml, name, spy)
+    for impl in ("reference", "fold", "triton"):
+        K.masked_linear(x, w, b, m, "relu", True, impl=impl)
+        assert calls[-1] == f"masked_linear_{impl}"
+    monkeypatch.setenv(K.ENV_VAR, "triton")
+    K.masked_linear(x, w, b, m, "relu", True)
+    assert calls[-1] == "masked_linear_triton"
+    monkeypatch.setenv(K.ENV_VAR, "auto")
+    K.masked_linear(x, w, b, m, "relu", True)
+    assert calls[-1] == "masked_linear_fold"
+
+
+def test_env_var_forces_and_argument_wins(monkeypatch):
+    x, w, b, m = linear_args()
+    monkeypatch.setenv(K.ENV_VAR, "reference")
+    assert K.chosen_impl("masked_linear", x, w, b, m, "gelu") == "reference"
+    assert K.chosen_impl("masked_linear", x, w, b, m, "gelu", impl="triton") == "triton"
+    monkeypatch.setenv(K.ENV_VAR, "triton")
+    assert K.chosen_impl("masked_norm", *norm_args()) == "triton"
+    monkeypatch.setenv(K.ENV_VAR, "fold")
+    assert K.chosen_impl("masked_norm", *norm_args()) == "reference"  # a norm has no fold
+
+
+def test_bad_names_are_msgc_errors(monkeypatch):
+    x, w, b, m = linear_args()
+    with pytest.raises(MsgcError, match="unknown kernel implementation"):
+        K.masked_linear(x, w, b, m, impl="cuda")
+    monkeypatch.setenv(K.ENV_VAR, "fastest")
+    with pytest.raises(MsgcError, match="MSGC_KERNELS"):
+        K.masked_linear(x, w, b, m)
+
+
+def test_triton_unavailable(monkeypatch):
+    """Without a runnable Triton: a forced impl= raises, a forced env var falls back."""
+    monkeypatch.setattr(dispatch, "triton_runnable", lambda device: False)
+    x, w, b, m = linear_args()
+    with pytest.raises(K.KernelUnavailableError, match="triton"):
+        K.masked_linear(x, w, b, m, "gelu", impl="triton")
+    monkeypatch.setenv(K.ENV_VAR, "triton")
+    dispatch._warned_env.clear()
+    with pytest.warns(UserWarning, match="MSGC_KERNELS=triton ignored"):
+        name = K.chosen_impl("masked_linear", x, w, b, m, "gelu")
+    assert name == "fold"
+
+
+def test_custom_op_falls_back_to_torch_without_triton(monkeypatch):
+    """The custom op itself runs anywhere (the torch composite where Triton cannot run)."""
+    monkeypatch.setattr(ml, "triton_runnable", lambda device: False)
+    x, w, b, m = linear_args()
+    xa = x.clone().requires_grad_()
+    y = K.masked_linear_triton(xa, w, b, m, "gelu_tanh", False)
+    y.sum().backward()
+    xr = x.clone().requires_grad_()
+    yr = K.masked_linear_reference(xr, w, b, m, "gelu_tanh", False)
+    yr.sum().backward()
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(xa.grad, xr.grad)
+
+
+def test_measures_once_and_caches(monkeypatch):
+    old = dispatch.set_measure_on_cpu(True)
+    try:
+        x, w, b, m = linear_args()
+        counted = []
+        real = ml.masked_linear_fold
+        monkeypatch.setattr(ml, "masked_linear_fold", lambda *a: counted.append(1) or real(*a))
+        y1 = K.masked_linear(x, w, b, m, "gelu", True)
+        n_first = len(counted)
+        info = dispatch.cache_info()
+        assert len(info) == 1 and next(iter(info.values())) in ("fold", "reference")
+        (times,) = dispatch.timings().values()
+        assert set(times) == {"fold", "reference"}
+        K.masked_linear(x, w, b, m, "gelu", True)
+        assert len(dispatch.cache_info()) == 1  # same key: no new measurement
+        assert len(counted) <= n_first + 1
+        # another shape, or needing a gradient, is another key
+        K.masked_linear(x[:, :5], w, b, m, "gelu", True)
+        K.masked_linear(x, w.clone().requires_grad_(), b, m, "gelu", True)
+        assert len(dispatch.cache_info()) == 3
+        torch.testing.assert_close(y1, K.masked_linear_reference(x, w, b, m, "gelu"))
+    finally:
+        dispatch.set_measure_on_cpu(old)
+
+
+def test_wrong_candidate_is_never_chosen(monkeypatch):
+    old = dispatch.set_measure_on_cpu(True)
+    try:
+        x, w, b, m = linear_args()
+        real = ml.masked_linear_fold
+        monkeypatch.setattr(ml, "masked_linear_fold", lambda *a: real(*a) + 1.0)
+        assert K.chosen_impl("masked_linear", x, w, b, m, "relu", True) == "reference"
+        (times,) = dispatch.timings().values()
+        assert "fold" not in times
+    finally:
+        dispatch.set_measure_on_cpu(old)
+
+
+def test_public_norm_and_swiglu_match_references():
+    x, w, _, m = norm_args()
+    b = torch.randn(24)
+    for kind in ("layer", "rms"):
+        for impl in (None, "triton", "reference"):
+            torch.testing.assert_close(
+                K.masked_norm(x, w, b, m, 1e-5, kind, impl=impl),
+                K.masked_norm_reference(x, w, b, m, 1e-5, kind),
+            )
+    x, wg, _, mm = linear_args()
+    wu = torch.randn_like(wg)
+    for impl in (None, "triton", "reference", "fold"):
+        torch.testing.assert_close(
+            K.masked_swiglu(x, wg, wu, mm, impl=impl),
+            K.masked_swiglu_reference(x, wg, wu, mm),
+            rtol=1e-4,
+            atol=1e-4,
+        )
