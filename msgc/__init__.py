@@ -1,5 +1,6 @@
 """msgc: a model-graph compiler for Masked Structural Growth (MSG) of Transformers."""
 
+from msgc.compiler import GrownModule, analyze, fold, grow, parameter_count
 from msgc.errors import (
     CheckpointError,
     DataError,
@@ -9,14 +10,24 @@ from msgc.errors import (
     PreservationError,
     SpecError,
 )
+from msgc.models import build_model
+from msgc.spec import load_spec, parse_spec
 
 __all__ = [
     "CheckpointError",
     "DataError",
     "GraphError",
     "GrowthError",
+    "GrownModule",
     "MsgcError",
     "PreservationError",
     "SpecError",
+    "analyze",
+    "build_model",
+    "fold",
+    "grow",
+    "load_spec",
+    "parameter_count",
+    "parse_spec",
 ]
 __version__ = "0.1.0"

@@ -1,0 +1,182 @@
+"""Widen: grow every parameter and buffer along its grown dims, and rewrite size literals.
+
+Old weights are copied into their positions in the grown layout (the leading block of a
+plain dim; per head or per segment for composite dims); new entries are initialised by
+`init` (normal | zeros | copy). Tied weights stay one tensor. Buffers' new entries copy
+existing entries (there is no sensible random value for, e.g., ALiBi slopes).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+
+from msgc.errors import GraphError, GrowthError
+from msgc.graph.dims import fetch_attr, where
+from msgc.graph.plan import Plan
+
+
+@dataclass
+class ParamOrigin:
+    """Where a grown model's parameter came from: its old name and old entries' positions."""
+
+    source: str
+    positions: list[torch.Tensor | None]  # per dim: old entries' positions, None if unchanged
+    fresh: bool = False  # a new block's parameter: it starts with empty optimizer state
+
+
+def widen_parameters(gm: fx.GraphModule, plan: Plan, init: str, init_std: float,
+                     seed: int) -> dict[str, ParamOrigin]:
+    """Replace each grown tensor of `gm` in place; return the origin of every parameter."""
+    a = plan.analysis
+    generator = torch.Generator().manual_seed(seed)
+    origins: dict[str, ParamOrigin] = {}
+    grown_by_id: dict[int, torch.Tensor] = {}
+    for node in sorted((n for n in gm.graph.nodes if n.op == "get_attr"), key=lambda n: n.target):
+        old = fetch_attr(gm, node.target)
+        if not isinstance(old, torch.Tensor) or node not in a.dims:
+            continue
+        dims = a.of(node)
+        positions = [plan.old_positions(d) if plan.grows(d) else None for d in dims]
+        if id(old) not in grown_by_id:
+            if any(p is not None for p in positions):
+                shape = [plan.new_size(d) for d in dims]
+                mode = init if isinstance(old, nn.Parameter) else "copy"
+                grown_by_id[id(old)] = _grown(old, shape, positions, mode, init_std, generator)
+            else:
+                grown_by_id[id(old)] = old
+        new = grown_by_id[id(old)]
+        if new is not old:
+            _assign(gm, node.target, new)
+        if isinstance(old, nn.Parameter):
+            origins[node.target] = ParamOrigin(node.target, positions)
+    return origins
+
+
+def _grown(old: torch.Tensor, shape: list[int], positions, mode: str, std: float,
+           generator: torch.Generator) -> torch.Tensor:
+    with torch.no_grad():
+        if mode == "copy":
+            new = _cyclic_copy(old, shape, positions)
+        else:
+            new = torch.zeros(shape, dtype=old.dtype)
+            if mode == "normal":
+                new.normal_(0.0, std, generator=generator)
+            axes = [p if p is not None else torch.arange(s)
+                    for p, s in zip(positions, old.shape, strict=True)]
+            index = torch.meshgrid(*axes, indexing="ij")
+            new[index] = old.detach().cpu()
+        new = new.to(old.device)
+    if isinstance(old, nn.Parameter):
+        return nn.Parameter(new, requires_grad=old.requires_grad)
+    return new
+
+
+def _cyclic_copy(old: torch.Tensor, shape: list[int], positions) -> torch.Tensor:
+    """New entries repeat old ones (index j takes old j mod old size); old ones stay."""
+    new = old.detach().cpu()
+    for d, pos in enumerate(positions):
+        if pos is None:
+            continue
+        source = torch.arange(shape[d]) % old.shape[d]
+        source[pos] = torch.arange(old.shape[d])
+        new = new.index_select(d, source)
+    return new.clone()
+
+
+def _assign(gm: fx.GraphModule, target: str, value: torch.Tensor) -> None:
+    owner_path, _, name = target.rpartition(".")
+    owner = gm.get_submodule(owner_path) if owner_path else gm
+    if isinstance(value, nn.Parameter):
+        setattr(owner, name, value)
+    else:
+        persistent = name not in getattr(owner, "_non_persistent_buffers_set", set())
+        delattr(owner, name)
+        owner.register_buffer(name, value, persistent=persistent)
+
+
+# --- size literals ---------------------------------------------------------------------------
+
+
+def rewrite_sizes(plan: Plan) -> None:
+    """Set every literal that encodes a grown dimension's size to the new size."""
+    a = plan.analysis
+    for arg in a.size_args:
+        if arg.kind == "slice":
+            _rewrite_slice(plan, arg)
+            continue
+        leaves = a.atoms.leaves(arg.atom)
+        dynamic = any("input" in a.atoms.tags_of(leaf) for leaf in leaves)
+        current = _get(arg.node, arg.path)
+        if dynamic or current == -1:
+            if plan.grows(arg.atom):
+                raise GraphError(f"{where(arg.node)}: a shape argument mixes batch or sequence "
+                                 "sizes with a dimension that grows; reshape them separately")
+            continue
+        if isinstance(current, fx.Node) and not plan.grows(arg.atom):
+            # a size computed from another dim (e.g. C // n_head): pin it, it may have grown
+            _set(arg.node, arg.path, a.atoms.size(arg.atom))
+        elif isinstance(current, (int, fx.Node)):
+            _set(arg.node, arg.path, plan.new_size(arg.atom))
+    _check_shared_split_sizes(plan)
+
+
+def _rewrite_slice(plan: Plan, arg) -> None:
+    a = plan.analysis
+    if not plan.grows(arg.within):
+        return
+    segments = a.atoms.flatten("sum", arg.within)
+    piece = a.atoms.find(arg.atom)
+    if piece not in segments:
+        raise GraphError(f"{where(arg.node)}: cannot place a slice in a grown dimension")
+    k = segments.index(piece)
+    start = sum(plan.new_size(s) for s in segments[:k])
+    stop = start + plan.new_size(piece)
+    old = _get(arg.node, arg.path[:-1])
+    _set(arg.node, arg.path[:-1], slice(start, stop, old.step))
+
+
+def _check_shared_split_sizes(plan: Plan) -> None:
+    a = plan.analysis
+    by_path: dict[tuple, set[int]] = {}
+    for arg in a.size_args:
+        if arg.kind == "size":
+            by_path.setdefault((arg.node, arg.path), set()).add(plan.new_size(arg.atom))
+    for (node, _), sizes in by_path.items():
+        if len(sizes) > 1:
+            raise GrowthError(f"{where(node)}: one split size is shared by pieces that would "
+                              f"grow to different sizes {sorted(sizes)}")
+
+
+def _get(node: fx.Node, path: tuple):
+    value = node.args if path[0] == "args" else node.kwargs
+    for key in path[1:]:
+        if key == "slice":
+            return value
+        value = value[key]
+    return value
+
+
+def _set(node: fx.Node, path: tuple, new) -> None:
+    if path[-1] == "slice":
+        path = path[:-1]
+    root = node.args if path[0] == "args" else node.kwargs
+    updated = _replaced(root, path[1:], new)
+    if path[0] == "args":
+        node.args = updated
+    else:
+        node.kwargs = updated
+
+
+def _replaced(container, path: tuple, new):
+    if not path:
+        return new
+    key, rest = path[0], path[1:]
+    if isinstance(container, dict):
+        out = dict(container)
+        out[key] = _replaced(container[key], rest, new)
+        return out
+    items = list(container)
+    items[key] = _replaced(items[key], rest, new)
+    return type(container)(items) if isinstance(container, tuple) else items
