@@ -1,6 +1,6 @@
 """msgc: a model-graph compiler for Masked Structural Growth (MSG) of Transformers."""
 
-from msgc.compiler import GrownModule, analyze, fold, grow, parameter_count
+from msgc.compiler import GrownModule, analyze, fold, fuse, grow, parameter_count
 from msgc.errors import (
     CheckpointError,
     DataError,
@@ -25,6 +25,7 @@ __all__ = [
     "analyze",
     "build_model",
     "fold",
+    "fuse",
     "grow",
     "load_spec",
     "parameter_count",

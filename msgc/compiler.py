@@ -17,6 +17,7 @@ from msgc.graph.plan import Groups, find_groups, plan_sizes
 from msgc.graph.trace import IR_MARK, to_ir
 from msgc.passes.deepen import deepen, find_blocks
 from msgc.passes.fold import fold_masks
+from msgc.passes.fuse import fuse_masks
 from msgc.passes.masks import MASKS, insert_masks
 from msgc.passes.norms import mask_norms
 from msgc.passes.verify import run_eval, verify_preservation
@@ -36,6 +37,7 @@ class GrowthRecord:
     masks: int = 0
     norms: int = 0
     preservation_error: float | None = None
+    fused: int = 0
 
 
 class GrownModule(fx.GraphModule):
@@ -132,6 +134,14 @@ def fold(grown: nn.Module) -> fx.GraphModule:
     setattr(plain, IR_MARK, True)
     plain.train(grown.training)
     return plain
+
+
+def fuse(grown: GrownModule) -> GrownModule:
+    """Swap the grown graph's mask patterns for msgc's fused kernels (in place)."""
+    if not isinstance(grown, GrownModule):
+        raise GrowthError("fuse: expected a model returned by msgc.grow")
+    grown.record.fused = fuse_masks(grown)
+    return grown
 
 
 def _plain_model(model: nn.Module) -> nn.Module:

@@ -10,7 +10,7 @@ import operator
 import torch.fx as fx
 import torch.nn.functional as F
 
-from msgc import ops
+from msgc import kernels, ops
 from msgc.graph.dims import fetch_attr
 from msgc.passes.masks import MASKS
 
@@ -52,11 +52,34 @@ def _plain(gm: fx.GraphModule, node: fx.Node):
         x, weight, mask, eps = node.args
         shape = (fetch_attr(gm, mask.target).shape[0],)
         return _call(graph, node, F.rms_norm, (x, shape, weight, eps))
+    if node.target is kernels.masked_linear:
+        x, weight, bias = node.args[:3]
+        linear = _call(graph, node, F.linear, (x, weight, bias))
+        act = node.kwargs.get("act")
+        if act is None:
+            return linear
+        function, kwargs = _ACTIVATIONS[act]
+        with graph.inserting_before(node):
+            return graph.call_function(function, (linear,), kwargs)
+    if node.target is kernels.masked_norm:
+        x, weight, bias, mask, eps, kind = node.args
+        shape = (fetch_attr(gm, mask.target).shape[0],)
+        if kind == "rms":
+            return _call(graph, node, F.rms_norm, (x, shape, weight, eps))
+        return _call(graph, node, F.layer_norm, (x, shape, weight, bias, eps))
     if node.target is ops.masked_mean:
         x, _, dim, keepdim = node.args
         with graph.inserting_before(node):
             return graph.call_method("mean", (x, dim), {"keepdim": keepdim})
     return None
+
+
+_ACTIVATIONS = {
+    "gelu": (F.gelu, {}),
+    "gelu_tanh": (F.gelu, {"approximate": "tanh"}),
+    "silu": (F.silu, {}),
+    "relu": (F.relu, {}),
+}
 
 
 def _call(graph: fx.Graph, node: fx.Node, function, args):
