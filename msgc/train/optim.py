@@ -1,0 +1,184 @@
+"""AdamW across growth: weight-decay groups, the learning-rate schedule, state transfer.
+
+Parameter groups
+    Two AdamW groups, named ``"decay"`` and ``"no_decay"`` (the name is kept in each group,
+    so it survives ``state_dict``): parameters with ``ndim < 2`` (biases, norm weights, mask-free
+    scalars) get no weight decay, every matrix and embedding table does. That is what the
+    official MSG code's name-based rule amounts to on Transformers, without guessing names.
+
+Learning rate
+    ``learning_rate(step, train)`` is a pure function of the optimizer step (0-based): linear
+    warmup over ``warmup_steps`` (step 0 already gets ``lr / warmup_steps``), then cosine, linear
+    or constant decay to ``lr * min_lr_ratio`` at the run's last step ``steps - 1``. It spans the
+    whole run, so growth never restarts it; the trainer writes it into every group before each
+    optimizer step, which also covers the groups of an optimizer rebuilt at a growth event.
+
+State transfer (``transfer_optimizer``)
+    At a growth event every parameter of the grown model with an origin gets its source's
+    AdamW state: each tensor shaped like the source (``exp_avg``, ``exp_avg_sq``) is zero-padded
+    into the grown shape, the old entries placed at ``origin.positions``; ``step`` is kept (so
+    the new entries get no bias correction, as in the official code). Parameters of new blocks
+    (``origin.fresh``) and parameters without an origin start with empty state. Each group keeps
+    its hyperparameters (lr, betas, eps, weight decay) by name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from msgc.spec import TrainSpec
+
+__all__ = [
+    "DECAY",
+    "NO_DECAY",
+    "Origin",
+    "build_optimizer",
+    "learning_rate",
+    "pad_into",
+    "param_groups",
+    "set_learning_rate",
+    "transfer_optimizer",
+]
+
+DECAY, NO_DECAY = "decay", "no_decay"
+BETAS = (0.9, 0.95)
+
+
+class Origin(Protocol):
+    """Where a grown parameter came from (msgc.grow's ``origins`` values satisfy this)."""
+
+    source: str  # the old model's parameter name
+    positions: Sequence[torch.Tensor | None]  # per dim: old entries' positions (None: same)
+    fresh: bool  # a new block's parameter: it starts with empty optimizer state
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """The ``decay`` and ``no_decay`` groups of `model`'s parameters (tied ones once)."""
+    params = list(model.parameters())  # nn.Module.parameters() yields a tied tensor once
+    return [
+        {"name": DECAY, "params": [p for p in params if p.ndim >= 2],
+         "weight_decay": weight_decay},
+        {"name": NO_DECAY, "params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def build_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.AdamW:
+    """A fresh AdamW over `model` with the spec's weight decay and the step-0 learning rate."""
+    return torch.optim.AdamW(
+        param_groups(model, train.weight_decay), lr=learning_rate(0, train), betas=BETAS
+    )
+
+
+def learning_rate(step: int, train: TrainSpec) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run of ``train.steps``."""
+    peak = train.lr
+    if step < train.warmup_steps:
+        return peak * (step + 1) / train.warmup_steps
+    if train.schedule == "constant":
+        return peak
+    floor = peak * train.min_lr_ratio
+    decay_steps = max(1, train.steps - 1 - train.warmup_steps)
+    progress = min(1.0, (step - train.warmup_steps) / decay_steps)  # 0 -> 1 at the last step
+    if train.schedule == "cosine":
+        return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return peak - (peak - floor) * progress  # linear
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Write `lr` into every parameter group."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def pad_into(
+    old: torch.Tensor, shape: Sequence[int], positions: Sequence[torch.Tensor | None]
+) -> torch.Tensor:
+    """A zero tensor of `shape` with `old`'s entries at `positions` (per dim; None: same)."""
+    if len(positions) != old.ndim or len(shape) != old.ndim:
+        raise ValueError(
+            f"positions for {len(positions)} dims and shape {tuple(shape)} do not fit a "
+            f"tensor of shape {tuple(old.shape)}"
+        )
+    index = []
+    for d, (pos, size) in enumerate(zip(positions, old.shape, strict=True)):
+        if pos is None:
+            if shape[d] != size:
+                raise ValueError(f"dim {d} changed size ({size} -> {shape[d]}) without positions")
+            pos = torch.arange(size)
+        elif len(pos) != size:
+            raise ValueError(f"dim {d} has {size} entries but {len(pos)} positions")
+        view = [1] * old.ndim
+        view[d] = -1
+        index.append(pos.to(old.device).view(view))  # broadcasts to the old tensor's shape
+    new = old.new_zeros(tuple(shape))
+    new[tuple(index)] = old
+    return new
+
+
+def transfer_optimizer(
+    old_optimizer: torch.optim.Optimizer,
+    old_params: Mapping[str, nn.Parameter],
+    grown: nn.Module,
+    origins: Mapping[str, Origin],
+) -> torch.optim.AdamW:
+    """A new AdamW over `grown` carrying `old_optimizer`'s state across a growth event.
+
+    `old_params` maps the old model's parameter names to its Parameters (as
+    ``dict(old.named_parameters(remove_duplicate=False))``, so tied aliases resolve);
+    `origins` maps the grown model's parameter names to their origins (``grown.origins``).
+    """
+    old_groups = {group.get("name"): group for group in old_optimizer.param_groups}
+    if set(old_groups) != {DECAY, NO_DECAY}:
+        raise ValueError("transfer_optimizer needs an optimizer made by build_optimizer "
+                         f"(groups {DECAY!r} and {NO_DECAY!r}), got groups {list(old_groups)}")
+    groups = param_groups(grown, weight_decay=0.0)
+    for group in groups:  # each group keeps its hyperparameters, weight decay included
+        group.update({k: v for k, v in old_groups[group["name"]].items() if k != "params"})
+    optimizer = torch.optim.AdamW(groups, **_hyperparameters(old_optimizer.defaults))
+    for param, origin in _origins_by_param(grown, origins).items():
+        if origin is None or origin.fresh:
+            continue
+        old_state = old_optimizer.state.get(old_params[origin.source])
+        if old_state:
+            optimizer.state[param] = _moved_state(old_state, old_params[origin.source], param,
+                                                  origin.positions)
+    return optimizer
+
+
+def _hyperparameters(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """AdamW's constructor arguments out of an optimizer's ``defaults``."""
+    keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused")
+    return {k: defaults[k] for k in keys if k in defaults}
+
+
+def _origins_by_param(grown: nn.Module, origins: Mapping[str, Origin]) -> dict[nn.Parameter,
+                                                                             Origin | None]:
+    """Each unique Parameter of `grown` with the origin of the first of its names that has one."""
+    found: dict[nn.Parameter, Origin | None] = {}
+    for name, param in grown.named_parameters(remove_duplicate=False):
+        if found.get(param) is None:
+            found[param] = origins.get(name)
+    return found
+
+
+def _moved_state(
+    state: Mapping[str, Any],
+    old: nn.Parameter,
+    new: nn.Parameter,
+    positions: Sequence[torch.Tensor | None],
+) -> dict[str, Any]:
+    """`state` with every tensor shaped like `old` zero-padded to `new`'s shape; rest cloned."""
+    moved = {}
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.shape == old.shape and value.ndim:
+            moved[key] = pad_into(value, new.shape, positions).to(new.device)
+        elif isinstance(value, torch.Tensor):
+            moved[key] = value.clone()  # the step counter
+        else:
+            moved[key] = value
+    return moved
