@@ -188,7 +188,7 @@ def _reinit(module: nn.Module, init: str, std: float, generator: torch.Generator
                 if init == "zeros":
                     p.zero_()
                 else:
-                    p.copy_(torch.randn(p.shape, generator=generator, dtype=p.dtype) * std)
+                    p.normal_(0.0, std, generator=generator)
 
 
 def _move_to_front(gm: fx.GraphModule, node: fx.Node) -> None:

@@ -60,9 +60,11 @@ def _grown(old: torch.Tensor, shape: list[int], positions, mode: str, std: float
         if mode == "copy":
             new = _cyclic_copy(old, shape, positions)
         else:
-            new = torch.zeros(shape, dtype=old.dtype)
+            new = torch.empty(shape, dtype=old.dtype)
             if mode == "normal":
                 new.normal_(0.0, std, generator=generator)
+            else:
+                new.zero_()
             axes = [p if p is not None else torch.arange(s)
                     for p, s in zip(positions, old.shape, strict=True)]
             index = torch.meshgrid(*axes, indexing="ij")
