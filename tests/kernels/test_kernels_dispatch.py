@@ -185,3 +185,24 @@ def test_public_norm_and_swiglu_match_references():
             rtol=1e-4,
             atol=1e-4,
         )
+
+
+@pytest.mark.parametrize("impl", [None, "triton"])
+def test_public_functions_compile_fullgraph(impl):
+    x, w, b, m = linear_args()
+    xn, wn, _, mn = norm_args()
+
+    def f(x, w):
+        y = K.masked_linear(x, w, b, m, "gelu", impl=impl)
+        return y.sum(-1) + K.masked_norm(x, wn, None, mn, 1e-5, "rms", impl=impl).sum(-1)
+
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
+    out = compiled(xa, wa)
+    out.sum().backward()
+    xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+    ref = f(xr, wr)
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(xa.grad, xr.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(wa.grad, wr.grad, rtol=1e-4, atol=1e-4)
