@@ -359,7 +359,7 @@ def _split_dim(node: fx.Node, rank: int) -> int:
 def _record_split_sizes(a: Analysis, node: fx.Node, pieces: list[int]) -> None:
     sizes = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size")
     if node.target in ("split", torch.split, aten.split.Tensor, aten.split_with_sizes.default):
-        if isinstance(sizes, int):
+        if isinstance(sizes, (int, fx.Node)):
             for p in pieces:  # one size for all pieces: they must all grow alike
                 a.size_arg(node, ("args", 1), p)
         elif isinstance(sizes, (list, tuple)):

@@ -33,8 +33,10 @@ def widen_parameters(gm: fx.GraphModule, plan: Plan, init: str, init_std: float,
     generator = torch.Generator().manual_seed(seed)
     origins: dict[str, ParamOrigin] = {}
     grown_by_id: dict[int, torch.Tensor] = {}
-    for node in sorted((n for n in gm.graph.nodes if n.op == "get_attr"), key=lambda n: n.target):
-        old = fetch_attr(gm, node.target)
+    targets = {n.target: n for n in gm.graph.nodes if n.op == "get_attr"}  # one per name
+    for target in sorted(targets):
+        node = targets[target]
+        old = fetch_attr(gm, target)
         if not isinstance(old, torch.Tensor) or node not in a.dims:
             continue
         dims = a.of(node)
