@@ -94,8 +94,15 @@ def requested_mode(impl: str | None = None) -> tuple[str, bool]:
 
 
 def _triton_ok(tensors: list[Tensor | None]) -> bool:
-    x = tensors[0]
-    return x.dtype in _FLOATS and all(t.dtype == x.dtype for t in tensors if t is not None)
+    """Inputs the Triton kernels take: one floating dtype for the data and parameters
+    (the mask, last, may have any floating dtype)."""
+    *data, mask = tensors
+    x = data[0]
+    return (
+        x.dtype in _FLOATS
+        and mask.is_floating_point()
+        and all(t.dtype == x.dtype for t in data if t is not None)
+    )
 
 
 def _needs_grad(tensors: list[Tensor | None]) -> bool:

@@ -206,3 +206,19 @@ def test_public_functions_compile_fullgraph(impl):
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(xa.grad, xr.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(wa.grad, wr.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_triton_is_a_measured_candidate_where_fast(monkeypatch):
+    """Where Triton is fast (a GPU), it is measured alongside fold and reference, also with
+    an fp32 mask on half-precision data; here the interpreter stands in for the GPU."""
+    monkeypatch.setattr(dispatch, "triton_fast", lambda device: True)
+    old = dispatch.set_measure_on_cpu(True)
+    try:
+        x, w, b, m = linear_args(torch.float16)
+        name = K.chosen_impl("masked_linear", x, w, b, m.float(), "silu", True)
+        (times,) = dispatch.timings().values()
+        assert set(times) == {"triton", "fold", "reference"} and name in times
+        assert dispatch._triton_ok([x, w, None, m.double()])
+        assert not dispatch._triton_ok([x, w.float(), b, m])  # mixed data dtypes
+    finally:
+        dispatch.set_measure_on_cpu(old)
