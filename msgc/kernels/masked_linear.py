@@ -24,6 +24,8 @@ with torch, so graphs that contain them (torch.export, torch.compile) run anywhe
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -228,9 +230,10 @@ if HAS_TRITON:
         ]
 
     @triton.jit
-    def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr):
+    def _tile_ids(
+        pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.constexpr
+    ):
         # Grouped ordering: GROUP_M row-tiles share the W tiles they read (L2 reuse).
-        pid = tl.program_id(0)
         num_pid_m = tl.cdiv(M, BLOCK_M)
         num_pid_n = tl.cdiv(N, BLOCK_N)
         num_pid_in_group = GROUP_M * num_pid_n
@@ -270,7 +273,7 @@ if HAS_TRITON:
         BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr,
     ):
-        pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
@@ -305,6 +308,100 @@ if HAS_TRITON:
         if SAVE_PRE:
             tl.store(pre_ptr + out_off, pre.to(pre_ptr.dtype.element_ty), mask=out_mask)
         tl.store(y_ptr + out_off, y.to(y_ptr.dtype.element_ty), mask=out_mask)
+
+    def _tma_configs():
+        if INTERPRET:
+            return [
+                triton.Config(
+                    {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 2},
+                    num_warps=4,
+                    num_stages=1,
+                )
+            ]
+        shapes = [
+            (128, 256, 64, 3, 8),
+            (128, 128, 64, 4, 8),
+            (128, 128, 64, 3, 4),
+            (128, 64, 64, 4, 4),
+            (64, 128, 64, 4, 4),
+        ]
+        return [
+            triton.Config(
+                {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
+                num_warps=w,
+                num_stages=s,
+            )
+            for bm, bn, bk, s, w in shapes
+        ]
+
+    @triton.autotune(configs=_tma_configs(), key=["M", "N", "K"])
+    @triton.jit
+    def _masked_linear_fwd_tma_kernel(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        m_ptr,
+        y_ptr,
+        pre_ptr,
+        M,
+        N,
+        K,
+        HAS_BIAS: tl.constexpr,
+        ACT: tl.constexpr,
+        MASK_BEFORE_ACT: tl.constexpr,
+        SAVE_PRE: tl.constexpr,
+        ACC_DTYPE: tl.constexpr,
+        DOT_FP32: tl.constexpr,
+        INPUT_PRECISION: tl.constexpr,
+        NUM_PROGRAMS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr,
+    ):
+        # Persistent: NUM_PROGRAMS programs walk the output tiles; operands come in through
+        # tensor descriptors (TMA on Hopper; out-of-bounds reads are zeros, stores clip).
+        x_desc = tl.make_tensor_descriptor(
+            x_ptr, shape=[M, K], strides=[K, 1], block_shape=[BLOCK_M, BLOCK_K]
+        )
+        w_desc = tl.make_tensor_descriptor(
+            w_ptr, shape=[N, K], strides=[K, 1], block_shape=[BLOCK_N, BLOCK_K]
+        )
+        y_desc = tl.make_tensor_descriptor(
+            y_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N]
+        )
+        if SAVE_PRE:
+            pre_desc = tl.make_tensor_descriptor(
+                pre_ptr, shape=[M, N], strides=[N, 1], block_shape=[BLOCK_M, BLOCK_N]
+            )
+        num_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N)
+        k_tiles = tl.cdiv(K, BLOCK_K)
+        for tile in tl.range(tl.program_id(0), num_tiles, NUM_PROGRAMS, flatten=True):
+            pid_m, pid_n = _tile_ids(tile, M, N, BLOCK_M, BLOCK_N, GROUP_M)
+            row0 = pid_m * BLOCK_M
+            col0 = pid_n * BLOCK_N
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC_DTYPE)
+            for ki in range(k_tiles):
+                a = x_desc.load([row0, ki * BLOCK_K])
+                b = w_desc.load([col0, ki * BLOCK_K])
+                if DOT_FP32:
+                    a = a.to(tl.float32)
+                    b = b.to(tl.float32)
+                acc = tl.dot(a, b.T, acc, input_precision=INPUT_PRECISION)
+            offs_n = col0 + tl.arange(0, BLOCK_N)
+            n_in = offs_n < N
+            if HAS_BIAS:
+                acc += tl.load(b_ptr + offs_n, mask=n_in, other=0.0).to(ACC_DTYPE)[None, :]
+            mvals = tl.load(m_ptr + offs_n, mask=n_in, other=0.0).to(ACC_DTYPE)[None, :]
+            if MASK_BEFORE_ACT:
+                pre = acc * mvals
+                y = _act_fwd(pre, ACT)
+            else:
+                pre = acc
+                y = _act_fwd(pre, ACT) * mvals
+            if SAVE_PRE:
+                pre_desc.store([row0, col0], pre.to(pre_ptr.dtype.element_ty))
+            y_desc.store([row0, col0], y.to(y_ptr.dtype.element_ty))
 
     @triton.jit
     def _masked_linear_bwd_g_kernel(
@@ -379,7 +476,7 @@ if HAS_TRITON:
         BLOCK_K: tl.constexpr,
         GROUP_M: tl.constexpr,
     ):
-        pid_m, pid_n = _tile_ids(M, N, BLOCK_M, BLOCK_N, GROUP_M)
+        pid_m, pid_n = _tile_ids(tl.program_id(0), M, N, BLOCK_M, BLOCK_N, GROUP_M)
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_k = tl.arange(0, BLOCK_K)
@@ -499,6 +596,25 @@ def _linear_fwd_triton(
         return _linear_fwd_torch(x2, weight, bias, mask, act_id, mask_before_act, save_pre)
     m = mask.to(device=x2.device, dtype=_acc_torch_dtype(x2.dtype)).contiguous()
     b = bias.contiguous() if bias is not None else m
+    flags = {
+        "HAS_BIAS": bias is not None,
+        "ACT": act_id,
+        "MASK_BEFORE_ACT": mask_before_act,
+        "SAVE_PRE": save_pre,
+        **_launch_meta(x2),
+    }
+    if _gemm_variant(x2, weight) == "tma":
+        _set_tma_allocator(x2.device)
+        n_prog = 2 if INTERPRET else num_sms(x2.device.index or 0)
+
+        def pgrid(meta):
+            tiles = triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"])
+            return (min(n_prog, tiles),)
+
+        _masked_linear_fwd_tma_kernel[pgrid](
+            x2, weight, b, m, y, pre if save_pre else y, M, N, K, NUM_PROGRAMS=n_prog, **flags
+        )
+        return y, pre
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -518,13 +634,52 @@ def _linear_fwd_triton(
         weight.stride(0),
         weight.stride(1),
         y.stride(0),
-        HAS_BIAS=bias is not None,
-        ACT=act_id,
-        MASK_BEFORE_ACT=mask_before_act,
-        SAVE_PRE=save_pre,
-        **_launch_meta(x2),
+        **flags,
     )
     return y, pre
+
+
+#: Which Triton GEMM the forward uses: "auto" (the persistent TMA kernel on Hopper or
+#: newer when the operands allow it, the tiled kernel otherwise), "tma" or "tiled".
+GEMM_VARIANT = os.environ.get("MSGC_TRITON_GEMM", "auto")
+
+
+def _gemm_variant(x2: Tensor, weight: Tensor) -> str:
+    """The persistent TMA kernel needs contiguous rows and 16-byte aligned rows/bases."""
+    es = x2.element_size()
+    K, N = x2.shape[1], weight.shape[0]
+    fits = (
+        x2.is_contiguous()
+        and weight.is_contiguous()
+        and x2.dtype != torch.float64
+        and (K * es) % 16 == 0
+        and (N * es) % 16 == 0
+        and x2.data_ptr() % 16 == 0
+        and weight.data_ptr() % 16 == 0
+    )
+    if GEMM_VARIANT == "tiled" or not fits:
+        return "tiled"
+    if GEMM_VARIANT == "tma":
+        return "tma"
+    if INTERPRET or x2.device.type != "cuda":
+        return "tiled"
+    return "tma" if torch.cuda.get_device_capability(x2.device)[0] >= 9 else "tiled"
+
+
+_allocator_set = False
+
+
+def _set_tma_allocator(device: torch.device) -> None:
+    """Device-side tensor descriptors need scratch memory from a Triton allocator."""
+    global _allocator_set
+    if _allocator_set:
+        return
+
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    triton.set_allocator(alloc)
+    _allocator_set = True
 
 
 def _linear_fwd_torch(x2, weight, bias, mask, act_id, mask_before_act, save_pre):

@@ -1,5 +1,7 @@
 """Masked linear / SwiGLU: Triton kernels (interpreter) and fold vs a float64 reference."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -11,6 +13,8 @@ from msgc.kernels import (
     masked_swiglu_reference,
     masked_swiglu_triton,
 )
+
+ml = importlib.import_module("msgc.kernels.masked_linear")
 
 ACTS = [None, "gelu", "gelu_tanh", "silu", "relu"]
 # (dtype, factor, atol): the kernel's error against fp64 may be at most `factor` times the
@@ -97,6 +101,20 @@ def test_triton_ragged_3d_nobias(dtype, factor, atol, lead, n, k, act, bias):
         check_close(
             masked_linear_triton, masked_linear_reference, tensors, dtype, factor, atol, act, mba
         )
+
+
+@pytest.mark.parametrize("dtype, factor, atol", DTYPES)
+@pytest.mark.parametrize("act, mba", [(None, True), ("gelu", True), ("silu", False)])
+def test_persistent_tma_gemm(monkeypatch, dtype, factor, atol, act, mba):
+    """The persistent tensor-descriptor (TMA) forward, forced (the default on Hopper)."""
+    monkeypatch.setattr(ml, "GEMM_VARIANT", "tma")
+    tensors = make_inputs((2, 65), 96, 80, dtype, seed=10)
+    x, w = tensors[0].to(dtype), tensors[1].to(dtype)
+    assert ml._gemm_variant(x.reshape(-1, 80), w) == "tma"
+    assert ml._gemm_variant(x[..., :41].reshape(-1, 41), w[:, :41]) == "tiled"  # unaligned
+    check_close(
+        masked_linear_triton, masked_linear_reference, tensors, dtype, factor, atol, act, mba
+    )
 
 
 @pytest.mark.parametrize("dtype, factor, atol", DTYPES)
