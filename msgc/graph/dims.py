@@ -107,6 +107,7 @@ class Analysis:
 
 def analyze_graph(gm: fx.GraphModule) -> Analysis:
     """Run every op's rule over the graph (shapes must be propagated first)."""
+    import msgc.graph.aten_rules  # noqa: F401  (registers the export-only ATen rules)
     from msgc.graph.rules import rule_for
 
     analysis = Analysis(gm)

@@ -248,7 +248,9 @@ def rule_expand(a: Analysis, node: fx.Node) -> None:
         if a.atoms.size(atom) == a.atoms.size(out[i + offset]):
             a.unify(atom, out[i + offset], node)
             a.carry(node, i + offset, [(x, i)])
-    if node.target == "expand":
+        else:  # copies of one entry: with a reshape after it, a repeat (GQA's group dim)
+            a.atoms.tag(out[i + offset], "group")
+    if node.target in ("expand", aten.expand.default):
         for path, d in _shape_arg_paths(node, len(out)):
             a.size_arg(node, path, out[d])
 

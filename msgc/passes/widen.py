@@ -113,7 +113,9 @@ def rewrite_sizes(plan: Plan) -> None:
         leaves = a.atoms.leaves(arg.atom)
         dynamic = any("input" in a.atoms.tags_of(leaf) for leaf in leaves)
         current = _get(arg.node, arg.path)
-        if dynamic or current == -1:
+        if current == -1:  # inferred by torch from the other sizes
+            continue
+        if dynamic:
             if plan.grows(arg.atom):
                 raise GraphError(f"{where(arg.node)}: a shape argument mixes batch or sequence "
                                  "sizes with a dimension that grows; reshape them separately")
