@@ -225,11 +225,16 @@ def main(argv: list[str] | None = None) -> int:
     if gpu:
         torch.backends.cuda.matmul.allow_tf32 = False
 
+    load_start = _loadavg()
     notes = []
     if not gpu:
         notes.append(
             "No CUDA GPU: GPU figures (bf16, M=8192, Triton kernels, torch.compile "
             "max-autotune) are absent; torch paths only, fp32, small sizes."
+        )
+        notes.append(
+            "CPU timings are medians of interleaved rounds; on a shared, loaded machine "
+            "(see loadavg_start_end) they are noisy: read ratios, not absolute figures."
         )
     copy_numel = M * max(sizes) * (4 if gpu else 1)
     copy_gbps = copy_bandwidth_gbps(device, dtype, copy_numel)
@@ -299,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         "triton": _triton_version(),
         "python": platform.python_version(),
         "copy_bandwidth_GBps": copy_gbps,
+        "loadavg_start_end": [load_start, _loadavg()],
         "notes": notes + ([f"torch.compile: {compile_reason}"] if compile_reason else []),
         "gpu_figures_absent": not gpu,
         "results": rows,
@@ -372,6 +378,13 @@ def _print_rows(rows):
             f"{r['d']:>5} {r['case']:<10} {r['mode']:<8} {impl:<22} {r['ms']:>9.3f} "
             f"{rate:>13} {xe:>8} {xc:>9}"
         )
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _triton_version() -> str | None:

@@ -207,6 +207,11 @@ def test_opcheck_masked_swiglu():
         torch.ops.msgc.masked_swiglu.default,
         (x.requires_grad_(), w.requires_grad_(), wu.requires_grad_(), m, True),
     )
+    _, a, u = torch.ops.msgc.masked_swiglu(x, w, wu, m, True)
+    torch.library.opcheck(
+        torch.ops.msgc.masked_swiglu_backward.default,
+        (torch.randn_like(a), x.detach(), w.detach(), wu.detach(), m, a, u, True, True),
+    )
 
 
 def test_torch_compile_and_export_see_the_op():
