@@ -15,13 +15,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from msgc import __version__
 from msgc.errors import MsgcError, SpecError
-from msgc.models import build_model, count_parameters
 from msgc.spec import FamilyModelSpec, Spec, load_spec, spec_json_schema
+from msgc.train.compare import compare, rescale
+from msgc.train.data import TokenData, prepare_data
+from msgc.train.flops import stage_cost
+from msgc.train.tokenizer import Tokenizer
+from msgc.train.trainer import Trainer, family_model
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 """The bundled spec files (in a source checkout)."""
@@ -112,7 +113,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         rows = [_stage_cells(i, step, arch) for i, (step, arch) in enumerate(archs)]
         print(_format_table(INFO_COLUMNS, rows))
         return 0
-    costs = [_stage_cost(arch, spec.train.seq_len) for _, arch in archs]
+    costs = [stage_cost(arch, spec.train.seq_len) for _, arch in archs]
     rows = [
         _stage_cells(i, step, arch.sizes() | {"head_dim": arch.head_dim})
         | {"params": _si(params), "train FLOPs/token": _si(flops)}
@@ -127,53 +128,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 def _stage_cells(index: int, step: int, sizes: dict[str, int]) -> dict[str, str]:
     """The stage, step and size cells of one table row."""
     return {"stage": str(index), "step": str(step)} | {k: str(v) for k, v in sizes.items()}
-
-
-def _stage_cost(arch: FamilyModelSpec, seq_len: int) -> tuple[int, int]:
-    """(parameters, training FLOPs per token) of the reference model for `arch`."""
-    model = _build_on_meta(arch)
-    return count_parameters(model), train_flops_per_token(model, arch, seq_len)
-
-
-def _build_on_meta(arch: FamilyModelSpec) -> nn.Module:
-    """The reference model for `arch`, on the meta device (shapes only, instant)."""
-    with torch.device("meta"):
-        return build_model(arch)
-
-
-def matmul_parameters(model: nn.Module) -> int:
-    """Parameters other than pure embedding lookups (a head tied to an embedding counts).
-
-    Norm weights and biases are included; they are a rounding error next to the matmuls.
-    """
-    lookups = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    used_by_other_modules = {
-        id(p)
-        for module in model.modules()
-        if not isinstance(module, nn.Embedding)
-        for p in module.parameters(recurse=False)
-    }
-    return sum(
-        p.numel()
-        for p in model.parameters()
-        if id(p) not in lookups or id(p) in used_by_other_modules
-    )
-
-
-def train_flops_per_token(model: nn.Module, arch: FamilyModelSpec, seq_len: int) -> int:
-    """Training FLOPs per token: 6 N + 6 L T d_attn (causal) or 6 N + 12 L T d_attn (bert).
-
-    The Kaplan et al. (2020) / PaLM (Chowdhery et al., 2022) count: a forward pass costs
-    2 FLOPs per matmul parameter and token, N = `matmul_parameters` (embedding lookups
-    excluded, the output head included), plus the attention score and value matmuls,
-    4 T d_attn per layer and token with d_attn = heads * head_dim, T = seq_len. A causal
-    model (gpt2, llama) computes half of those on average. Backward costs twice the
-    forward, so training costs 3x the forward.
-    """
-    attention = 4 * arch.layers * seq_len * arch.heads * arch.head_dim
-    if arch.family != "bert":
-        attention //= 2
-    return 3 * (2 * matmul_parameters(model) + attention)
 
 
 def _compute_summary(spec: Spec, flops_per_token: list[int]) -> str:
@@ -217,39 +171,149 @@ def _format_table(columns: Sequence[str], rows: list[dict[str, str]]) -> str:
     )
 
 
+# --- train ------------------------------------------------------------------------------
+
+
+def _add_train(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a spec's growth schedule into a run directory"
+    )
+    parser.add_argument("spec", type=Path, metavar="SPEC")
+    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
+                        help="run directory: spec, metrics.jsonl, final model, plot")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="scale the schedule to N steps (stages, ramp, warmup with it)")
+    parser.set_defaults(handler=cmd_train)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train the spec; print the final figures and where the outputs are."""
+    spec = _spec_with_steps(load_spec(args.spec), args.steps)
+    tokenizer, data = _prepare(spec)
+    result = Trainer(spec, tokenizer, data, out_dir=args.out).run()
+    print(f"{spec.name}: {result.steps} steps in {result.wall_seconds:.1f} s, "
+          f"{_si(result.flops)}FLOP, {_si(result.params)} parameters")
+    print(f"val loss {result.val_loss:.4f}, val bpb {result.val_bpb:.4f}, "
+          f"test bpb {result.test_bpb:.4f}")
+    print(f"run directory: {args.out} (plot: {args.out / 'loss.png'})")
+    return 0
+
+
+def _spec_with_steps(spec: Spec, steps: int | None) -> Spec:
+    """`spec`, or `spec` rescaled to `steps` optimizer steps."""
+    if steps is None:
+        return spec
+    if steps < 1:
+        raise SpecError(f"--steps must be a positive number of steps, not {steps}")
+    return rescale(spec, steps / spec.train.steps)
+
+
+def _prepare(spec: Spec) -> tuple[Tokenizer, TokenData]:
+    """The spec's corpus, tokenizer and token arrays (cached under $MSGC_CACHE)."""
+    train = spec.train
+    return prepare_data(train.data, train.tokenizer, family_model(spec).vocab_size)
+
+
+# --- compare ----------------------------------------------------------------------------
+
+COMPARE_COLUMNS = ("run", "steps", "params", "wall s", "FLOPs", "val loss", "val bpb",
+                   "test bpb")
+
+
+def _add_compare(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="train the final model from scratch and the MSG schedule; compare"
+    )
+    parser.add_argument("spec", type=Path, metavar="SPEC")
+    _add_compare_options(parser)
+    parser.set_defaults(handler=cmd_compare)
+
+
+def _add_compare_options(parser: argparse.ArgumentParser) -> None:
+    """The options `compare` and `demo` share."""
+    parser.add_argument("--json", type=Path, metavar="FILE", help="write the report as JSON")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write each run's directory and the plot under DIR")
+    parser.add_argument("--steps", type=int, metavar="N",
+                        help="scale the schedule to N steps (stages, ramp, warmup with it)")
+    parser.add_argument("--match-quality", action="store_true",
+                        help="also run MSG with budgets stretched 1.25x, 1.5x and 2x")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the comparison; print its table, write the JSON report and plot."""
+    _compare(_spec_with_steps(load_spec(args.spec), args.steps), args)
+    return 0
+
+
+def _compare(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
+    """Prepare the data, compare, print the table; write --json; the report."""
+    tokenizer, data = _prepare(spec)
+    report = compare(spec, tokenizer, data, out_dir=args.out, match_quality=args.match_quality)
+    print(format_compare(report))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        print(f"report: {args.json}")
+    return report
+
+
+def format_compare(report: dict[str, Any]) -> str:
+    """The comparison as a table of runs and a line of ratios."""
+    rows = [
+        {"run": label, "steps": str(run["steps"]), "params": _si(run["params"]),
+         "wall s": f"{run['wall_seconds']:.1f}", "FLOPs": _si(run["flops"]),
+         "val loss": f"{run['val_loss']:.4f}", "val bpb": f"{run['val_bpb']:.4f}",
+         "test bpb": f"{run['test_bpb']:.4f}"}
+        for label, run in report["runs"].items()
+    ]
+    lines = [f"{report['spec']} on {report['device']}: MSG vs the final model from scratch",
+             _format_table(COMPARE_COLUMNS, rows),
+             f"speedup (wall) {report['speedup_wall']:.2f}x, speedup (FLOPs) "
+             f"{report['speedup_flops']:.2f}x, test bpb gap {report['bpb_gap']:+.2%}"]
+    if "speedup_to_target" in report:
+        target = report["speedup_to_target"]
+        lines.append("speedup to scratch's val loss: " + (
+            f"{target:.2f}x ({report['target_run']})" if target is not None
+            else "not reached by any MSG budget"))
+    if report["plot"]:
+        lines.append(f"plot: {report['plot']}")
+    return "\n".join(lines)
+
+
 # --- demo -------------------------------------------------------------------------------
+
+DEMO_SPEC = SPECS_DIR / "gpt-tiny.yaml"
+DEMO_OUT = Path("runs") / "demo"
 
 
 def _add_demo(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="validate the bundled specs and run each starting model once"
+        "demo", help="validate the bundled specs, then compare MSG with scratch on gpt-tiny"
     )
-    parser.set_defaults(handler=cmd_demo)
+    parser.add_argument("--spec", type=Path, default=DEMO_SPEC, metavar="SPEC",
+                        help="the spec to compare (default: the bundled gpt-tiny)")
+    _add_compare_options(parser)
+    parser.set_defaults(handler=cmd_demo, out=DEMO_OUT)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Validate every bundled spec; build each family model's start on CPU and run it once."""
+    """Validate every bundled spec, build the corpus and tokenizer, run the comparison."""
     paths = sorted(SPECS_DIR.glob("*.yaml"))
     if not paths:
         raise SpecError(f"{SPECS_DIR}: no bundled specs found; run from a source checkout")
     for path in paths:
         spec = load_spec(path)
         print(f"OK {path.name}: {spec.name}, {len(spec.growth.stages)} growth stages")
-        if isinstance(spec.model, FamilyModelSpec):
-            _demo_forward(spec.model, spec.train.seq_len)
+    spec = _spec_with_steps(load_spec(args.spec), args.steps)
+    print(f"comparing {spec.name}: {spec.train.steps} steps of {spec.train.batch_size}x"
+          f"{spec.train.seq_len} tokens, growth at steps "
+          f"{', '.join(str(stage.step) for stage in spec.growth.stages)}", flush=True)
+    _compare(spec, args)
     return 0
 
 
-def _demo_forward(arch: FamilyModelSpec, seq_len: int) -> None:
-    """Build `arch` on CPU, print its size and the output shape of one random batch."""
-    torch.manual_seed(0)
-    model = build_model(arch).eval()
-    tokens = torch.randint(0, arch.vocab_size, (2, min(seq_len, 16)))
-    with torch.no_grad():
-        output = model(tokens)
-    print(f"   {arch.family}: {_si(count_parameters(model))} parameters, "
-          f"input {tuple(tokens.shape)} -> output {tuple(output.shape)}")
-
-
-COMMANDS: list[Callable[[Subparsers], None]] = [_add_validate, _add_schema, _add_info, _add_demo]
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    _add_validate, _add_schema, _add_info, _add_train, _add_compare, _add_demo,
+]
 """Every subcommand's registration function, in the order `--help` lists them."""

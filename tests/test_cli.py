@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from msgc.cli import main, matmul_parameters, train_flops_per_token
+from msgc.cli import main
 from msgc.models import build_model, count_parameters
 from msgc.spec import load_spec
+from msgc.train.flops import matmul_parameters, train_flops_per_token
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = sorted((REPO / "specs").glob("*.yaml"))
@@ -142,11 +143,25 @@ def test_flops_count() -> None:
     assert matmul_parameters(model) == count_parameters(model) - llama.vocab_size * llama.hidden
 
 
-def test_demo(capsys: pytest.CaptureFixture[str]) -> None:
-    status, out, _ = run_main(capsys, "demo")
+def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo validates the bundled specs, then compares (here: a tiny spec, 6 steps)."""
+    monkeypatch.setenv("MSGC_CACHE", str(tmp_path / "cache"))
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"line {i}: to be, or not to be\n" for i in range(800)))
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(
+        "name: demo-tiny\n"
+        "model: {family: gpt2, vocab_size: 260, max_seq_len: 16, hidden: 16, heads: 2,\n"
+        "        ffn: 32, layers: 1}\n"
+        "growth: {ramp_steps: 2, stages: [{step: 2, hidden: 32, layers: 2}]}\n"
+        f"train: {{steps: 6, batch_size: 2, seq_len: 16, tokenizer: byte, data: '{text}'}}\n"
+    )
+    status, out, _ = run_main(capsys, "demo", "--spec", spec, "--out", tmp_path / "demo")
     assert status == 0
     assert out.count("OK ") == len(SPECS)
-    assert "(2, 16) -> output (2, 16, 4096)" in out
+    assert "speedup (wall)" in out
+    assert f"plot: {tmp_path / 'demo' / 'compare.png'}" in out
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,135 @@
+"""What a model family trains on: its batches, its loss and its evaluation.
+
+Causal LM (gpt2, llama)
+    ``model(x)`` gives logits (B, T, V); the loss is the cross-entropy against the next tokens
+    ``y``. Evaluation scores every target of a split exactly once (``data.eval_batches``).
+
+Masked LM (bert)
+    Training batches are BERT-masked (15%, 80/10/10) by ``BatchSampler.mlm``; the loss is the
+    cross-entropy at the predicted positions (labels -100 are ignored). Evaluation masks the
+    same windows with a generator seeded by the batch's index alone, so every run (any seed)
+    sees the same masks, and scores each token at most once (positions a flush-end window
+    shares with the window before it are not predicted).
+
+Bits per byte
+    ``evaluate`` sums the NLL in nats over the scored tokens and divides by ln 2 times their
+    UTF-8 bytes (``bits_per_byte``). For a causal LM over a whole split the bytes are
+    ``TokenData.scored_bytes``; for MLM they are the bytes of the masked tokens, so the figure
+    is the MLM loss per byte of predicted text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from msgc.train.data import (
+    IGNORE_INDEX,
+    BatchSampler,
+    TokenData,
+    bits_per_byte,
+    eval_batches,
+    mlm_batch,
+)
+from msgc.train.tokenizer import Tokenizer
+
+__all__ = ["Evaluation", "Task"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), int64 (B, T); targets -100: skip
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Mean loss (nats per scored token) and bits per byte over the scored text."""
+
+    loss: float
+    bpb: float
+
+
+class Task:
+    """Batches, loss and evaluation for a causal (``mlm=False``) or masked (``mlm=True``) LM."""
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        data: TokenData,
+        batch_size: int,
+        seq_len: int,
+        seed: int,
+        mlm: bool,
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.data = data
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.mlm = mlm
+        self.sampler = BatchSampler(data.train, batch_size, seq_len, seed)
+        self.token_bytes = torch.tensor(  # (V,) UTF-8 bytes per id
+            [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)],
+            dtype=torch.int64,
+        )
+
+    def train_batch(self, index: int) -> Batch:
+        """Training micro-batch number `index` (a pure function of the index and the seed)."""
+        if self.mlm:
+            return self.sampler.mlm(index, self.tokenizer.mask_id, self.tokenizer.vocab_size)
+        return self.sampler.batch(index)
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy over the scored targets (a 0-d tensor)."""
+        logits = model(inputs)  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                               ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def evaluate(
+        self,
+        model: nn.Module,
+        split: str,
+        max_batches: int | None = None,
+        device: torch.device | str = "cpu",
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> Evaluation:
+        """Loss and bits per byte on `split` (every batch, or `max_batches` spread evenly)."""
+        was_training = model.training
+        model.eval()
+        nll, count, nbytes = 0.0, 0, 0
+        for inputs, targets in self._eval_batches(split, max_batches):
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast():
+                logits = model(inputs)  # (B, T, V)
+            nll += float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                         ignore_index=IGNORE_INDEX, reduction="sum"))
+            scored = targets[targets != IGNORE_INDEX].cpu()
+            count += scored.numel()
+            nbytes += int(self.token_bytes[scored].sum())
+        model.train(was_training)
+        return Evaluation(loss=nll / max(count, 1), bpb=bits_per_byte(nll, max(nbytes, 1)))
+
+    def _eval_batches(self, split: str, max_batches: int | None) -> Iterator[Batch]:
+        """The split's evaluation batches (as `Batch`es for this task), maybe a strided subset."""
+        tokens = self.data.split(split)
+        batches = eval_batches(tokens, self.batch_size, self.seq_len)
+        if max_batches is not None:
+            windows = max(1, math.ceil((len(tokens) - 1) / self.seq_len))
+            total = math.ceil(windows / self.batch_size)
+            batches = itertools.islice(batches, 0, None, max(1, total // max_batches))
+            batches = itertools.islice(batches, max_batches)
+        for index, (x, y) in enumerate(batches):
+            yield self._masked(x, y, index) if self.mlm else (x, y)
+
+    def _masked(self, x: torch.Tensor, y: torch.Tensor, index: int) -> Batch:
+        """BERT-masked evaluation windows, the same for every run (seeded by `index`)."""
+        generator = torch.Generator().manual_seed(index)
+        inputs, labels = mlm_batch(x, self.tokenizer.mask_id, self.tokenizer.vocab_size,
+                                   generator)
+        # y's skipped positions mark the x positions the previous window already covered
+        labels[y == IGNORE_INDEX] = IGNORE_INDEX
+        return inputs, labels

@@ -1,0 +1,310 @@
+"""The training loop: a spec's growth schedule end to end.
+
+Each optimizer step ``s`` (0-based) trains the architecture ``spec.arch_at(s)``:
+
+1. structure: if masks are ramping since a growth at step ``g``, set them to
+   ``c = (s - g) / ramp_steps``; at ``c = 1`` fold them away (``msgc.fold`` keeps the
+   Parameters, so the optimizer carries on). Then, if a stage starts at ``s``, grow through
+   ``msgc.grow`` (verify on, masks at 0), move the AdamW state to the grown parameters
+   (``transfer_optimizer``), and check that the loss on this step's first micro-batch, in
+   eval mode and fp32, is the same just before and just after (1e-5 relative).
+2. ``grad_accum_steps`` micro-batches forward and backward under the run's autocast, the
+   learning rate of step ``s`` (a pure function of ``s`` over the whole run), gradient
+   clipping, one AdamW step. Growth and ramps happen once per optimizer step.
+3. one metrics row (see msgc.train.metrics); every ``eval_every`` steps and at the last step
+   a validation evaluation, and after the last step a test evaluation.
+
+Everything the loop carries from one step to the next lives in `RunState`: model (plain, or
+grown with its masks), optimizer, step, growth stage, ramp start, counters and metrics. With
+the torch RNG state (dropout, new weights' init is seeded per stage) that is all a checkpoint
+needs: training batches are a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_model
+from torch import nn
+from tqdm import tqdm
+
+import msgc
+from msgc.errors import PreservationError, SpecError
+from msgc.models import build_model, count_parameters
+from msgc.spec import FamilyModelSpec, Spec, Stage
+from msgc.train.data import TokenData
+from msgc.train.flops import stage_cost
+from msgc.train.metrics import MetricsLog
+from msgc.train.optim import (
+    build_optimizer,
+    learning_rate,
+    set_learning_rate,
+    transfer_optimizer,
+)
+from msgc.train.plot import plot_runs
+from msgc.train.precision import Precision, resolve_device
+from msgc.train.task import Evaluation, Task
+from msgc.train.tokenizer import Tokenizer
+
+__all__ = ["PRESERVATION_RTOL", "RunResult", "RunState", "Trainer", "family_model"]
+
+PRESERVATION_RTOL = 1e-5
+"""How far the loss just after a growth may move from the loss just before (relative)."""
+
+
+@dataclass
+class RunState:
+    """Everything the loop carries from one optimizer step to the next."""
+
+    model: nn.Module  # plain, or a msgc.GrownModule while its masks ramp
+    optimizer: torch.optim.AdamW
+    metrics: MetricsLog
+    step: int = 0  # optimizer steps done: the index of the next step
+    stage: int = 0  # growth events done
+    ramp_start: int | None = None  # the step of the growth whose masks are ramping
+    tokens: int = 0
+    flops: int = 0
+    seconds: float = 0.0  # training wall time so far, evaluation excluded
+
+
+@dataclass
+class RunResult:
+    """A finished run's figures (written to ``summary.json``) and its metrics rows."""
+
+    name: str
+    steps: int
+    params: int
+    wall_seconds: float
+    flops: int
+    tokens: int
+    val_loss: float
+    val_bpb: float
+    test_loss: float
+    test_bpb: float
+    rows: list[dict[str, Any]] = field(repr=False, default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        """The figures without the rows."""
+        return {k: v for k, v in self.__dict__.items() if k != "rows"}
+
+
+def family_model(spec: Spec) -> FamilyModelSpec:
+    """The spec's model section; a custom model (which msgc cannot train yet) is a SpecError."""
+    if not isinstance(spec.model, FamilyModelSpec):
+        raise SpecError("msgc trains the reference families (model.family); a custom model "
+                        "(model.module) cannot be trained by msgc yet")
+    return spec.model
+
+
+class Trainer:
+    """Trains `spec` on prepared data; with `out_dir` it writes a run directory.
+
+    The run directory holds ``spec.yaml`` (resolved), ``metrics.jsonl``, and at the end
+    ``model.safetensors`` (the folded final model), ``model.json`` (its architecture),
+    ``summary.json`` and ``loss.png``.
+    """
+
+    def __init__(
+        self,
+        spec: Spec,
+        tokenizer: Tokenizer,
+        data: TokenData,
+        out_dir: Path | None = None,
+        progress: bool = True,
+    ) -> None:
+        family = family_model(spec)
+        train = spec.train
+        self.spec = spec
+        self.out_dir = out_dir
+        self.progress = progress
+        self.device = resolve_device(train.device)
+        self.precision = Precision(self.device, train.dtype)
+        self.task = Task(tokenizer, data, train.batch_size, train.seq_len, train.seed,
+                         mlm=family.family == "bert")
+        self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
+        self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
+        self.stage_flops = [stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
+        self.state = self._initial_state()
+
+    def _initial_state(self) -> RunState:
+        """The step-0 model (seeded init) and optimizer; a fresh run directory."""
+        metrics_path = None
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self.spec.dump(self.out_dir / "spec.yaml")
+            metrics_path = self.out_dir / "metrics.jsonl"
+            metrics_path.write_text("", encoding="utf-8")
+        torch.manual_seed(self.spec.train.seed)
+        model = build_model(self.spec.model).to(self.device).train()
+        return RunState(model, build_optimizer(model, self.spec.train), MetricsLog(metrics_path))
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        """Train every remaining step, evaluate, write the outputs; the run's figures."""
+        steps = self.spec.train.steps
+        bar = tqdm(total=steps, initial=self.state.step, desc=self.spec.name, file=sys.stderr,
+                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        with bar:
+            while self.state.step < steps:
+                row = self.train_step()
+                bar.update()
+                bar.set_postfix(loss=f"{row['loss']:.3f}", stage=row["stage"],
+                                mask=f"{row['mask']:.2f}", refresh=False)
+        return self.finish()
+
+    def train_step(self) -> dict[str, Any]:
+        """One optimizer step with its structure changes and evaluation; its metrics row."""
+        state, train = self.state, self.spec.train
+        step = state.step
+        start = time.perf_counter()
+        self._advance_ramp(step)
+        growth = self._grow(step, self.stages[step]) if step in self.stages else {}
+        loss = self._optimize(step)
+        self._synchronize()
+        state.seconds += time.perf_counter() - start
+        state.step += 1
+        state.tokens += self.tokens_per_step
+        state.flops += self._flops_per_token(step) * self.tokens_per_step
+        row = {
+            "step": step, "loss": loss, "time": state.seconds, "tokens": state.tokens,
+            "flops": state.flops, "lr": learning_rate(step, train), "stage": state.stage,
+            "mask": self._mask_at(step), "params": count_parameters(state.model), **growth,
+        }
+        if state.step == train.steps:
+            self._advance_ramp(state.step)  # the last ramp ends with the run: fold
+        if state.step % train.eval_every == 0 or state.step == train.steps:
+            row |= _prefixed("val", self.evaluate("val", train.eval_batches))
+        if state.step == train.steps:
+            row |= _prefixed("test", self.evaluate("test"))
+        state.metrics.append(row)
+        return row
+
+    def finish(self) -> RunResult:
+        """The run's figures; with a run directory, the final model, summary and plot."""
+        state, metrics = self.state, self.state.metrics
+        result = RunResult(
+            name=self.spec.name, steps=state.step, params=count_parameters(state.model),
+            wall_seconds=state.seconds, flops=state.flops, tokens=state.tokens,
+            val_loss=metrics.last("val_loss"), val_bpb=metrics.last("val_bpb"),
+            test_loss=metrics.last("test_loss"), test_bpb=metrics.last("test_bpb"),
+            rows=metrics.rows,
+        )
+        if self.out_dir is not None:
+            self._write_outputs(result)
+        return result
+
+    def evaluate(self, split: str, max_batches: int | None = None) -> Evaluation:
+        """Loss and bits per byte of the current model on `split`."""
+        return self.task.evaluate(self.state.model, split, max_batches, self.device,
+                                  self.precision.autocast)
+
+    # --- structure: growth, ramp, fold ----------------------------------------------------
+
+    def _advance_ramp(self, step: int) -> None:
+        """Set the ramping masks for `step`; fold them once they reach 1."""
+        state = self.state
+        if state.ramp_start is None:
+            return
+        c = self._mask_at(step)
+        state.model.set_masks(c)
+        if c == 1.0:
+            state.model = msgc.fold(state.model)
+            state.ramp_start = None
+
+    def _mask_at(self, step: int) -> float:
+        """The ramping masks' value c at `step` (1 when nothing ramps)."""
+        if self.state.ramp_start is None:
+            return 1.0
+        return min(1.0, (step - self.state.ramp_start) / self.spec.growth.ramp_steps)
+
+    def _grow(self, step: int, stage: Stage) -> dict[str, float]:
+        """Grow to `stage`'s sizes, move the optimizer state, check the loss is preserved."""
+        state, growth = self.state, self.spec.growth
+        inputs, targets = (t.to(self.device) for t in self.task.train_batch(
+            step * self.spec.train.grad_accum_steps))
+        before = self._exact_loss(inputs, targets)
+        start = time.perf_counter()
+        old_params = dict(state.model.named_parameters(remove_duplicate=False))
+        grown = msgc.grow(
+            state.model, (inputs[:2],), **stage.sizes(), init=growth.init,
+            init_std=growth.init_std, seed=self.spec.train.seed + state.stage + 1,
+            depth_placement=growth.depth_placement, verify=True,
+        ).to(self.device).train()
+        state.optimizer = transfer_optimizer(state.optimizer, old_params, grown, grown.origins)
+        state.model, state.ramp_start = grown, step
+        state.stage += 1
+        seconds = time.perf_counter() - start
+        after = self._exact_loss(inputs, targets)
+        if not math.isclose(after, before, rel_tol=PRESERVATION_RTOL):
+            raise PreservationError(
+                f"growth at step {step} changed the loss from {before!r} to {after!r} "
+                f"(relative {abs(after - before) / abs(before):.2e} > {PRESERVATION_RTOL:g})"
+            )
+        return {"loss_before": before, "loss_after": after, "grow_seconds": seconds}
+
+    def _exact_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+        """The model's loss on a batch in eval mode (no dropout) and fp32."""
+        model = self.state.model
+        model.eval()
+        with torch.no_grad():
+            loss = float(self.task.loss(model, inputs, targets))
+        model.train()
+        return loss
+
+    # --- one optimizer step --------------------------------------------------------------
+
+    def _optimize(self, step: int) -> float:
+        """Accumulate the step's micro-batches, clip, step AdamW; the mean micro-batch loss."""
+        state, train, scaler = self.state, self.spec.train, self.precision.scaler
+        model, optimizer = state.model, state.optimizer
+        total = torch.zeros((), device=self.device)
+        for micro in range(train.grad_accum_steps):
+            inputs, targets = self.task.train_batch(step * train.grad_accum_steps + micro)
+            with self.precision.autocast():
+                loss = self.task.loss(model, inputs.to(self.device), targets.to(self.device))
+            loss = loss / train.grad_accum_steps
+            scaler.scale(loss).backward()
+            total += loss.detach()
+        set_learning_rate(optimizer, learning_rate(step, train))
+        if train.grad_clip:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return float(total)
+
+    def _flops_per_token(self, step: int) -> int:
+        """Training FLOPs per token of the architecture in force at `step`."""
+        return self.stage_flops[self.spec.stage_index_at(step)]
+
+    def _synchronize(self) -> None:
+        """Wait for the device, so wall times measure the work done."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # --- outputs -------------------------------------------------------------------------
+
+    def _write_outputs(self, result: RunResult) -> None:
+        """model.safetensors + model.json, summary.json and loss.png in the run directory."""
+        out = self.out_dir
+        save_model(self.state.model, str(out / "model.safetensors"))
+        final_arch = self.spec.arch_at(self.spec.train.steps)
+        (out / "model.json").write_text(json.dumps(final_arch.model_dump(mode="json"), indent=2)
+                                        + "\n", encoding="utf-8")
+        (out / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n",
+                                          encoding="utf-8")
+        plot_runs({self.spec.name: result.rows}, out / "loss.png", title=self.spec.name)
+
+
+def _prefixed(prefix: str, evaluation: Evaluation) -> dict[str, float]:
+    """{"<prefix>_loss": ..., "<prefix>_bpb": ...}."""
+    return {f"{prefix}_loss": evaluation.loss, f"{prefix}_bpb": evaluation.bpb}

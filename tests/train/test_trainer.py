@@ -1,0 +1,182 @@
+"""Tests for the training runtime: the loop across growth events, run outputs, compare."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_model
+
+from msgc.cli import main
+from msgc.models import build_model, count_parameters
+from msgc.spec import FamilyModelSpec, Spec, parse_spec
+from msgc.train.compare import rescale, scratch_spec
+from msgc.train.corpus import load_corpus
+from msgc.train.data import prepare_data
+from msgc.train.metrics import read_metrics
+from msgc.train.task import Task
+from msgc.train.trainer import Trainer
+
+ROW_KEYS = {"step", "loss", "time", "tokens", "flops", "lr", "stage", "mask", "params"}
+MODELS = {
+    "gpt2": {"family": "gpt2", "hidden": 32, "heads": 2, "head_dim": 16, "ffn": 64, "layers": 2},
+    "llama": {"family": "llama", "hidden": 32, "heads": 4, "kv_heads": 2, "head_dim": 8,
+              "ffn": 64, "layers": 2},
+    "bert": {"family": "bert", "hidden": 32, "heads": 2, "head_dim": 16, "ffn": 64, "layers": 2},
+}
+# width + heads first, then FFN and depth together: every dimension grows
+STAGES = [{"step": 4, "hidden": 48, "heads": 3}, {"step": 8, "ffn": 96, "layers": 3}]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 kB of Shakespeare: val and test splits of 2 kB each."""
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(load_corpus("shakespeare")["train"][:40_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private MSGC_CACHE for the test."""
+    monkeypatch.setenv("MSGC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def make_spec(text_file: Path, family: str = "gpt2", stages: list[dict] | None = None,
+              **train: Any) -> Spec:
+    model = MODELS[family] | {"vocab_size": 260, "max_seq_len": 32, "dropout": 0.1}
+    return parse_spec({
+        "name": f"tiny-{family}",
+        "model": model,
+        "growth": {"ramp_steps": 3, "stages": STAGES if stages is None else stages},
+        "train": {"steps": 12, "batch_size": 4, "seq_len": 32, "warmup_steps": 2,
+                  "eval_every": 4, "eval_batches": 2, "tokenizer": "byte",
+                  "data": str(text_file), **train},
+    })
+
+
+def run(spec: Spec, cache: Path, out_dir: Path | None = None) -> tuple[Trainer, Any]:
+    tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+    trainer = Trainer(spec, tokenizer, data, out_dir, progress=False)
+    return trainer, trainer.run()
+
+
+def final_arch(spec: Spec) -> FamilyModelSpec:
+    return spec.arch_at(spec.train.steps)
+
+
+def test_two_growth_events_preserve_the_loss_and_reach_the_final_size(
+    text_file: Path, cache: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(text_file)
+    trainer, result = run(spec, cache, tmp_path / "run")
+    rows = result.rows
+    assert [row["step"] for row in rows] == list(range(12))
+    assert all(ROW_KEYS <= set(row) for row in rows)
+    growth = [row for row in rows if "loss_before" in row]
+    assert [row["step"] for row in growth] == [4, 8]
+    for row in growth:
+        assert math.isclose(row["loss_after"], row["loss_before"], rel_tol=1e-5)
+    # masks ramp k / ramp_steps after each growth, then the model is plain again
+    assert [row["mask"] for row in rows] == [1, 1, 1, 1, 0, 1 / 3, 2 / 3, 1, 0, 1 / 3, 2 / 3, 1]
+    assert [row["stage"] for row in rows] == [0] * 4 + [1] * 4 + [2] * 4
+    assert result.params == count_parameters(build_model(final_arch(spec)))
+    assert rows[3]["params"] < rows[4]["params"] < rows[8]["params"] == result.params
+    assert rows[-1]["tokens"] == 12 * 4 * 32
+    flops = [row["flops"] for row in rows]
+    assert all(b - a > 0 for a, b in zip(flops, flops[1:], strict=False))
+    assert {row["step"] for row in rows if "val_loss" in row} == {3, 7, 11}
+    assert math.isfinite(result.test_bpb) and result.val_loss == rows[-1]["val_loss"]
+    assert not hasattr(trainer.state.model, "set_masks")  # folded at the end
+
+
+def test_run_directory(text_file: Path, cache: Path, tmp_path: Path) -> None:
+    spec = make_spec(text_file, stages=STAGES[:1], steps=8)
+    out = tmp_path / "run"
+    trainer, result = run(spec, cache, out)
+    assert {p.name for p in out.iterdir()} == {"spec.yaml", "metrics.jsonl", "model.safetensors",
+                                             "model.json", "summary.json", "loss.png"}
+    assert read_metrics(out / "metrics.jsonl") == json.loads(json.dumps(result.rows))
+    assert json.loads((out / "summary.json").read_text())["test_bpb"] == result.test_bpb
+    # the saved weights load into the reference model of the final architecture
+    arch = FamilyModelSpec.model_validate(json.loads((out / "model.json").read_text()))
+    assert arch == final_arch(spec)
+    reference = build_model(arch).eval()
+    load_model(reference, str(out / "model.safetensors"))
+    ids = torch.randint(0, 260, (2, 16))
+    trainer.state.model.eval()
+    torch.testing.assert_close(reference(ids), trainer.state.model(ids))
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_growth_preserves_the_loss_in_other_families(
+    family: str, text_file: Path, cache: Path
+) -> None:
+    stages = [{"step": 3, "hidden": 48, "heads": 4, "ffn": 96, "layers": 3}]
+    if family == "llama":  # GQA: 2 query heads per kv head, before and after
+        stages[0] |= {"heads": 8, "kv_heads": 4}
+    spec = make_spec(text_file, family, stages=stages, steps=7, eval_every=7)
+    _, result = run(spec, cache)
+    (row,) = [row for row in result.rows if "loss_before" in row]
+    assert math.isclose(row["loss_after"], row["loss_before"], rel_tol=1e-5)
+    assert result.params == count_parameters(build_model(final_arch(spec)))
+
+
+def test_gradient_accumulation_counts_optimizer_steps(text_file: Path, cache: Path) -> None:
+    spec = make_spec(text_file, grad_accum_steps=3)
+    _, result = run(spec, cache)
+    rows = result.rows
+    assert len(rows) == 12
+    assert [row["step"] for row in rows if "loss_before" in row] == [4, 8]
+    assert [row["mask"] for row in rows[4:8]] == [0, 1 / 3, 2 / 3, 1]
+    assert rows[-1]["tokens"] == 12 * 3 * 4 * 32
+
+
+def test_causal_bits_per_byte_cover_the_split(text_file: Path, cache: Path) -> None:
+    tokenizer, data = prepare_data(str(text_file), "byte", 260, cache)
+    task = Task(tokenizer, data, batch_size=4, seq_len=32, seed=0, mlm=False)
+    model = build_model(final_arch(make_spec(text_file)))
+    evaluation = task.evaluate(model, "val")
+    nll_per_token = evaluation.loss
+    tokens = len(data.val) - 1  # byte tokens: one byte per scored target
+    assert data.scored_bytes["val"] == tokens
+    assert evaluation.bpb == pytest.approx(nll_per_token / math.log(2))
+
+
+def test_rescale_and_scratch_spec(text_file: Path) -> None:
+    spec = make_spec(text_file)
+    longer = rescale(spec, 1.5)
+    assert longer.train.steps == 18 and longer.train.warmup_steps == 3
+    assert [stage.step for stage in longer.growth.stages] == [6, 12]
+    assert longer.growth.ramp_steps == 4
+    scratch = scratch_spec(spec)
+    assert scratch.growth.stages == [] and scratch.model == final_arch(spec)
+    assert scratch.train == spec.train
+
+
+def test_compare_writes_the_report(text_file: Path, cache: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    spec_path = tmp_path / "tiny.yaml"
+    make_spec(text_file, stages=STAGES[:1], steps=8).dump(spec_path)
+    report_path = tmp_path / "report.json"
+    status = main(["compare", str(spec_path), "--json", str(report_path),
+                   "--out", str(tmp_path / "cmp"), "--match-quality"])
+    assert status == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["runs"]) == {"scratch", "msg", "msg_x1.25", "msg_x1.5", "msg_x2"}
+    for run_report in report["runs"].values():
+        assert {"wall_seconds", "flops", "val_loss", "test_bpb"} <= set(run_report)
+    scratch, msg = report["runs"]["scratch"], report["runs"]["msg"]
+    assert report["speedup_wall"] == pytest.approx(scratch["wall_seconds"] / msg["wall_seconds"])
+    assert report["speedup_flops"] == pytest.approx(scratch["flops"] / msg["flops"])
+    assert report["speedup_flops"] > 1
+    assert report["bpb_gap"] == pytest.approx(msg["test_bpb"] / scratch["test_bpb"] - 1)
+    assert "speedup_to_target" in report and Path(report["plot"]).is_file()
+    assert report["runs"]["msg_x2"]["steps"] == 16
+    out = capsys.readouterr().out
+    assert "speedup (wall)" in out and "msg_x1.5" in out
