@@ -189,6 +189,12 @@ def plan_sizes(a: Analysis, groups: Groups, hidden=None, ffn=None, heads=None,
 
 
 def _plan_heads(at, new, g: HeadGroup, heads, kv_heads) -> None:
+    if g.heads is not None and "group" in at.tags_of(g.heads):  # MQA: one shared kv head
+        if kv_heads not in (None, 1):
+            raise GrowthError(f"kv_heads: attention {g.node} shares one key/value head across "
+                              "all query heads (MQA); msgc cannot add key/value heads to it")
+        _set(new, g.heads, at.size(g.heads), heads if heads is not None else 1, "heads")
+        return
     if g.heads is not None:  # every query head has its own key/value head
         old = at.size(g.heads)
         if kv_heads is not None and heads is not None and kv_heads != heads:

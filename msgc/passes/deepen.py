@@ -38,9 +38,25 @@ def find_blocks(gm: fx.GraphModule) -> Blocks | None:
         return None
     parent = max(owners, key=lambda p: len(owners[p]))
     blocks = owners[parent]
+    for node in gm.graph.nodes:  # exported graphs read parameters outside module scopes
+        if node.op == "get_attr" and _block_path(node) is None:
+            path = _owning_block(str(node.target), blocks)
+            if path is not None:
+                blocks[path].append(node)
     order = {n: i for i, n in enumerate(gm.graph.nodes)}
-    paths = sorted(blocks, key=lambda p: min(order[n] for n in blocks[p]))
+    for path in blocks:
+        blocks[path].sort(key=order.__getitem__)
+    paths = sorted(blocks, key=lambda p: min(order[n] for n in blocks[p] if n.op != "get_attr"))
     return Blocks(parent, paths, blocks)
+
+
+def _owning_block(target: str, blocks: dict[str, list[fx.Node]]) -> str | None:
+    prefix = target.rpartition(".")[0]
+    while prefix:
+        if prefix in blocks:
+            return prefix
+        prefix = prefix.rpartition(".")[0]
+    return None
 
 
 def _block_path(node: fx.Node) -> str | None:
