@@ -13,8 +13,13 @@ from msgc.kernels import (
     masked_swiglu_reference,
     masked_swiglu_triton,
 )
+from msgc.kernels._triton import triton_runnable
 
 ml = importlib.import_module("msgc.kernels.masked_linear")
+
+# The comparisons run where the compiled kernels run: CUDA when the suite is started with
+# TRITON_INTERPRET=0 on a GPU machine, else the CPU under the interpreter.
+DEVICE = "cuda" if triton_runnable("cuda") else "cpu"
 
 ACTS = [None, "gelu", "gelu_tanh", "silu", "relu"]
 # (dtype, factor, atol): the kernel's error against fp64 may be at most `factor` times the
@@ -44,10 +49,11 @@ def make_inputs(lead, n, k, dtype, bias=True, seed=0):
 
 def run(fn, tensors, dtype, dy, *args):
     """Forward and backward of fn on copies of `tensors` cast to dtype."""
-    leaves = [None if t is None else t.to(dtype).requires_grad_() for t in tensors[:-1]]
-    y = fn(*leaves, tensors[-1], *args)
-    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy.to(dtype))
-    return [y.detach(), *grads]
+    dev = "cpu" if dtype == torch.float64 else DEVICE  # the exact reference stays on the CPU
+    leaves = [None if t is None else t.to(dev, dtype).requires_grad_() for t in tensors[:-1]]
+    y = fn(*leaves, tensors[-1].to(dev), *args)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy.to(dev, dtype))
+    return [y.detach().cpu(), *(g.cpu() for g in grads)]
 
 
 def err(a, ref):

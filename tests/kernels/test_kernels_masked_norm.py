@@ -4,6 +4,11 @@ import pytest
 import torch
 
 from msgc.kernels import masked_norm_reference, masked_norm_triton
+from msgc.kernels._triton import triton_runnable
+
+# The comparisons run where the compiled kernels run: CUDA when the suite is started with
+# TRITON_INTERPRET=0 on a GPU machine, else the CPU under the interpreter.
+DEVICE = "cuda" if triton_runnable("cuda") else "cpu"
 
 DTYPES = [
     pytest.param(torch.float32, 3.0, 1e-5, id="fp32"),
@@ -28,10 +33,11 @@ def make_inputs(lead, n, weight=True, bias=True, seed=0):
 
 
 def run(fn, x, w, b, m, dtype, dy, kind, eps=1e-5):
-    leaves = [None if t is None else t.to(dtype).requires_grad_() for t in (x, w, b)]
-    y = fn(*leaves, m, eps, kind)
-    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy.to(dtype))
-    return [y.detach(), *grads]
+    dev = "cpu" if dtype == torch.float64 else DEVICE  # the exact reference stays on the CPU
+    leaves = [None if t is None else t.to(dev, dtype).requires_grad_() for t in (x, w, b)]
+    y = fn(*leaves, m.to(dev), eps, kind)
+    grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy.to(dev, dtype))
+    return [y.detach().cpu(), *(g.cpu() for g in grads)]
 
 
 def err(a, ref):
