@@ -8,9 +8,15 @@ import torch
 import msgc.kernels as K
 from msgc.errors import MsgcError
 from msgc.kernels import dispatch
+from msgc.kernels._triton import triton_runnable
 
 # msgc.kernels.masked_linear is also the name of a public function: use the module.
 ml = importlib.import_module("msgc.kernels.masked_linear")
+
+# These tests run Triton on CPU tensors: they need the interpreter (tests/conftest.py).
+pytestmark = pytest.mark.skipif(
+    not triton_runnable("cpu"), reason="needs TRITON_INTERPRET=1 for CPU tensors"
+)
 
 
 @pytest.fixture(autouse=True)
