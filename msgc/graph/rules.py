@@ -127,8 +127,7 @@ def rule_view(a: Analysis, node: fx.Node) -> None:
     x = node.args[0]
     out = a.fresh(node)
     _match_reshape(a, node, a.of(x), out)
-    for path, d in _shape_arg_paths(node, len(out)):
-        a.size_arg(node, path, out[d])
+    _record_shape(a, node, out)
 
 
 def rule_flatten(a: Analysis, node: fx.Node) -> None:
@@ -185,6 +184,68 @@ def _tie_chunk(a, node, x, atoms_in, idx_in, atoms_out, idx_out) -> None:
     sources = [(x, k) for k in idx_in]
     for k in idx_out:
         a.carry(node, k, sources, "all")
+
+
+def _record_shape(a: Analysis, node: fx.Node, out: list[int]) -> None:
+    """Record a shape argument's sizes (view, reshape, expand, new_*) against `out`'s dims.
+
+    The shape is literals and size nodes, or one computed torch.Size such as Hugging Face's
+    `x.size()[:-1] + (heads, head_dim)`: its entries read from a tensor's size are that
+    tensor's dims (tied), its literals are size args where they sit (in the `+` node).
+    """
+    rest = node.args[1:]
+    shape = node.kwargs.get("size", node.kwargs.get("shape"))
+    if shape is None and len(rest) == 1:
+        shape = rest[0]
+    if isinstance(shape, fx.Node):
+        elements = _size_elements(a, shape)
+        if elements is not None and len(elements) == len(out):
+            for d, (kind, holder, where_) in enumerate(elements):
+                if kind == "dim":
+                    a.unify(a.of(holder)[where_], out[d], node)
+                else:
+                    a.size_arg(holder, where_, out[d])
+            return
+        if len(out) != 1:  # a computed shape msgc cannot read: its dims cannot grow
+            for atom in out:
+                a.forbid(node, atom, f"a shape computed by {shape.name}, which msgc cannot read,")
+            return
+    for path, d in _shape_arg_paths(node, len(out)):
+        a.size_arg(node, path, out[d])
+
+
+def _size_elements(a: Analysis, value) -> list[tuple] | None:
+    """The entries of a computed torch.Size: ("dim", tensor, d) or ("arg", node, path)."""
+    if not isinstance(value, fx.Node):
+        return None
+    source = None
+    if value.op == "call_method" and value.target == "size" and len(value.args) == 1:
+        source = value.args[0]
+    elif value.op == "call_function" and value.target is getattr and value.args[1:] == ("shape",):
+        source = value.args[0]
+    if source is not None:
+        return [("dim", source, d) for d in range(len(a.of(source)))] if a.is_tensor(
+            source) else None
+    if value.op != "call_function":
+        return None
+    if value.target is operator.getitem and isinstance(value.args[1], slice):
+        index = value.args[1]
+        elements = _size_elements(a, value.args[0])
+        literal = all(isinstance(v, (int, type(None))) for v in (index.start, index.stop,
+                                                                  index.step))
+        return elements[index] if elements is not None and literal else None
+    if value.target is operator.add:
+        elements = []
+        for k, side in enumerate(value.args[:2]):
+            if isinstance(side, (list, tuple)):
+                elements += [("arg", value, ("args", k, i)) for i in range(len(side))]
+            else:
+                part = _size_elements(a, side)
+                if part is None:
+                    return None
+                elements += part
+        return elements
+    return None
 
 
 def _shape_arg_paths(node: fx.Node, rank: int):
@@ -251,8 +312,7 @@ def rule_expand(a: Analysis, node: fx.Node) -> None:
         else:  # copies of one entry: with a reshape after it, a repeat (GQA's group dim)
             a.atoms.tag(out[i + offset], "group")
     if node.target in ("expand", aten.expand.default):
-        for path, d in _shape_arg_paths(node, len(out)):
-            a.size_arg(node, path, out[d])
+        _record_shape(a, node, out)
 
 
 def rule_expand_as(a: Analysis, node: fx.Node) -> None:
@@ -689,8 +749,7 @@ def rule_factory(a: Analysis, node: fx.Node) -> None:
 
 def rule_new_factory(a: Analysis, node: fx.Node) -> None:
     out = a.fresh(node)
-    for path, d in _shape_arg_paths(node, len(out)):
-        a.size_arg(node, path, out[d])
+    _record_shape(a, node, out)
 
 
 def _first_tensor(a: Analysis, node: fx.Node) -> fx.Node:

@@ -1,0 +1,228 @@
+"""Grow every zoo model along every dimension it has, and all at once.
+
+Each case checks: preservation at c = 0 (fp32, relative error <= 1e-5), a measurable change
+at c = 1, a finite gradient for every parameter at c = 0.5, fold(c = 1) == grown(c = 1),
+original parameter names kept (shapes equal or bigger), the original model untouched, and
+that the folded model grows again and still preserves.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import msgc
+from tests.graph.zoo import BY_NAME, VARIANTS, Variant
+
+RTOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: intra-op threads only add overhead (and spin on a busy machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def outputs(model, inputs, train: bool = False):
+    model.train(train)
+    with torch.no_grad():
+        return model(*inputs)
+
+
+def make(variant: Variant, seed: int = 0):
+    torch.manual_seed(seed)
+    return variant.make().eval(), variant.inputs()
+
+
+CASES = [
+    pytest.param(v.name, case, id=f"{v.name}-{case}",
+                 marks=[pytest.mark.xfail(strict=True, reason=v.xfail[case])]
+                 if case in v.xfail else [])
+    for v in VARIANTS for case in v.cases
+]
+
+
+def targets(variant: Variant, case: str) -> dict:
+    return variant.cases[case]
+
+
+@pytest.mark.parametrize("name,case", CASES)
+def test_grow(name: str, case: str) -> None:
+    variant = BY_NAME[name]
+    model, inputs = make(variant)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = outputs(model, inputs)
+
+    grown = msgc.grow(model, example_inputs=inputs, init_std=1.0, seed=1, **targets(variant, case))
+
+    # the original model is untouched
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    for k, v in before.items():
+        assert torch.equal(v, after[k]), k
+    assert torch.equal(outputs(model, inputs), expected)
+
+    # sizes recorded
+    for key, value in targets(variant, case).items():
+        assert grown.record.after[key] == value, (key, grown.record)
+    assert grown.record.preservation_error is not None
+    assert grown.record.preservation_error <= RTOL
+
+    # preserved at c = 0
+    grown.set_masks(0.0)
+    assert rel_err(outputs(grown, inputs), expected) <= RTOL
+
+    # changed at c = 1
+    grown.set_masks(1.0)
+    at_one = outputs(grown, inputs)
+    assert rel_err(at_one, expected) > 1e-3
+
+    # every parameter gets a finite gradient at c = 0.5, in train mode
+    grown.set_masks(0.5)
+    grown.train()
+    grown.zero_grad()
+    grown(*inputs).pow(2).mean().backward()
+    for pname, p in grown.named_parameters():
+        assert p.grad is not None, f"{pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{pname} has a non-finite gradient"
+    grown.zero_grad()
+
+    # original names kept, shapes equal or bigger
+    grown_sd = grown.state_dict()
+    for k, v in before.items():
+        assert k in grown_sd, f"{k} missing from the grown state_dict"
+        g = grown_sd[k]
+        assert g.dim() == v.dim() and all(a >= b for a, b in zip(g.shape, v.shape, strict=True)), k
+
+    # fold at c = 1 equals grown at c = 1
+    grown.set_masks(1.0)
+    plain = msgc.fold(grown)
+    assert not isinstance(plain, msgc.GrownModule)
+    folded_out = outputs(plain, inputs)
+    assert rel_err(folded_out, at_one) <= 1e-5
+    assert rel_err(outputs(grown, inputs), at_one) == 0.0  # fold left the grown model alone
+
+    # the folded model grows again and still preserves
+    again = msgc.grow(plain, example_inputs=inputs, init_std=1.0, seed=2, **variant.regrow)
+    again.set_masks(0.0)
+    assert rel_err(outputs(again, inputs), folded_out) <= RTOL
+
+
+@pytest.mark.parametrize("name", ["nanogpt", "family_llama", "postln_encoder_token_types"])
+def test_interleave(name: str) -> None:
+    variant = BY_NAME[name]
+    model, inputs = make(variant)
+    expected = outputs(model, inputs)
+    stacked = msgc.grow(model, example_inputs=inputs, layers=4, init_std=1.0)
+    inter = msgc.grow(model, example_inputs=inputs, layers=4, init_std=1.0,
+                      depth_placement="interleave")
+    inter.set_masks(0.0)
+    assert rel_err(outputs(inter, inputs), expected) <= RTOL
+    inter.set_masks(1.0)
+    stacked.set_masks(1.0)
+    # copies of blocks: at c = 1 the interleaved order (0, 0', 1, 1') differs from the stacked
+    # one (0, 1, 0', 1')
+    assert rel_err(outputs(inter, inputs), outputs(stacked, inputs)) > 1e-4
+    plain = msgc.fold(inter)
+    assert rel_err(outputs(plain, inputs), outputs(inter, inputs)) <= 1e-5
+
+
+@pytest.mark.parametrize("init", ["zeros", "copy"])
+@pytest.mark.parametrize("name", ["nanogpt", "gqa_repeat_interleave"])
+def test_inits(name: str, init: str) -> None:
+    variant = BY_NAME[name]
+    model, inputs = make(variant)
+    expected = outputs(model, inputs)
+    grown = msgc.grow(model, example_inputs=inputs, init=init, **variant.cases["combined"])
+    grown.set_masks(0.0)
+    assert rel_err(outputs(grown, inputs), expected) <= RTOL
+    grown.set_masks(0.5)
+    grown.train()
+    grown(*inputs).pow(2).mean().backward()
+    for pname, p in grown.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+
+
+def test_zeros_init_new_weights_are_zero() -> None:
+    variant = BY_NAME["manual_attention_nobias"]
+    model, inputs = make(variant)
+    grown = msgc.grow(model, example_inputs=inputs, init="zeros", ffn=48)
+    w = dict(grown.named_parameters())["blocks.0.mlp.up.weight"]
+    assert w.shape == (48, 16)
+    assert torch.equal(w[:32], model.blocks[0].mlp.up.weight)
+    assert torch.count_nonzero(w[32:]) == 0
+
+
+def test_float64() -> None:
+    variant = BY_NAME["family_llama"]
+    model, inputs = make(variant)
+    expected = outputs(model.double(), inputs)
+    model.float()
+    grown = msgc.grow(model, example_inputs=inputs, init_std=1.0, **variant.cases["combined"])
+    grown = grown.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in grown.parameters())
+    grown.set_masks(0.0)
+    out = outputs(grown, inputs)
+    assert out.dtype == torch.float64
+    assert rel_err(out, expected) <= 1e-12
+    grown.set_masks(1.0)
+    assert rel_err(outputs(msgc.fold(grown), inputs), outputs(grown, inputs)) <= 1e-12
+
+
+def test_untraceable_uses_export_and_honours_dropout() -> None:
+    variant = BY_NAME["untraceable_export"]
+    model, inputs = make(variant)
+    with pytest.raises(torch.fx.proxy.TraceError):
+        torch.fx.symbolic_trace(model)
+    expected = outputs(model, inputs)
+    grown = msgc.grow(model, example_inputs=inputs, hidden=24, heads=3, layers=3, init_std=1.0)
+    grown.set_masks(0.0)
+    grown.eval()
+    assert rel_err(outputs(grown, inputs), expected) <= RTOL
+    assert torch.equal(outputs(grown, inputs), outputs(grown, inputs))  # eval: deterministic
+    torch.manual_seed(0)
+    a = outputs(grown, inputs, train=True)
+    b = outputs(grown, inputs, train=True)
+    assert not torch.equal(a, b)  # train: dropout is live
+    assert rel_err(a, expected) > 1e-3
+    # batch and sequence sizes are not baked in
+    short = inputs[0][:, :5]
+    assert rel_err(outputs(grown, (short,)), outputs(model, (short,))) <= RTOL
+
+
+@pytest.mark.parametrize("name", ["nanogpt", "family_gpt2", "manual_attention_nobias"])
+def test_other_sequence_and_batch_sizes(name: str) -> None:
+    variant = BY_NAME[name]
+    model, inputs = make(variant)
+    grown = msgc.grow(model, example_inputs=inputs, init_std=1.0, **variant.cases["combined"])
+    grown.set_masks(0.0)
+    other = (torch.randint(0, 32, (3, 11)),)
+    assert rel_err(outputs(grown, other), outputs(model, other)) <= RTOL
+
+
+def test_tied_weights_stay_tied() -> None:
+    variant = BY_NAME["nanogpt"]
+    model, inputs = make(variant)
+    grown = msgc.grow(model, example_inputs=inputs, hidden=24)
+    params = dict(grown.named_parameters(remove_duplicate=False))
+    assert params["lm_head.weight"] is params["transformer.wte.weight"]
+    assert params["lm_head.weight"].shape == (32, 24)
+
+
+def test_analyze_finds_gqa_groups() -> None:
+    variant = BY_NAME["gqa_repeat_interleave"]
+    model, inputs = make(variant)
+    reports = msgc.analyze(model, example_inputs=inputs)
+    sizes = {}
+    for r in reports:
+        sizes.setdefault(r.name, set()).add(r.size)
+    assert sizes["hidden"] == {16}
+    assert sizes["ffn"] == {32}
+    assert sizes["blocks"] == {2}
