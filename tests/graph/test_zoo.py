@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import msgc
-from tests.graph.zoo import BY_NAME, VARIANTS, Variant
+from tests.graph.zoo import BY_NAME, MQA_KV_BUG, VARIANTS, Variant
 
 RTOL = 1e-5
 
@@ -226,3 +226,25 @@ def test_analyze_finds_gqa_groups() -> None:
     assert sizes["hidden"] == {16}
     assert sizes["ffn"] == {32}
     assert sizes["blocks"] == {2}
+
+
+@pytest.mark.xfail(strict=True, reason=MQA_KV_BUG)
+def test_mqa_sizes_recorded() -> None:
+    variant = BY_NAME["mqa_repeat_interleave"]
+    model, inputs = make(variant)
+    grown = msgc.grow(model, example_inputs=inputs, heads=6)
+    assert grown.record.before["heads"] == 4
+    assert grown.record.before["kv_heads"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "plan.find_groups names every linear width outside the residual stream 'ffn', including "
+    "the encoder's pooler (Linear(hidden, hidden) + tanh, outside the blocks): "
+    "grow(ffn=48) widens the pooler to 48 too, though ffn is a per-block target"))
+def test_pooler_is_not_ffn() -> None:
+    variant = BY_NAME["postln_encoder_token_types"]
+    model, inputs = make(variant)
+    ffn = [r for r in msgc.analyze(model, example_inputs=inputs) if r.name == "ffn"]
+    assert all(m.startswith("layer.") for r in ffn for m in r.members), ffn
+    grown = msgc.grow(model, example_inputs=inputs, ffn=48)
+    assert grown.get_parameter("pooler.weight").shape == (16, 16)
