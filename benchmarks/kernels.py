@@ -30,7 +30,12 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+# Spinning OpenMP workers left behind by torch.compile's CPU kernels starve the eager ops
+# timed after them on a small machine (100x slower medians): let idle workers sleep.
+# Takes effect only when this module is imported before torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
