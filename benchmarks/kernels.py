@@ -12,6 +12,9 @@ On a CPU: the torch paths only (eager, fold, torch.compile default when it compi
 quickly) at M = 512, d in {256, 512}, fp32, with perf_counter medians; the output and
 the JSON say that the GPU figures are absent.
 
+The full GPU run compiles every case with max-autotune (tens of minutes); for a short
+run on a GPU use ``--quick --skip compile-max`` (d = 1024 only, no max-autotune).
+
 Prints a table (ms, TFLOP/s for GEMMs or GB/s for the norm, ratios to eager and to the
 best torch.compile) and writes JSON to benchmarks/results/kernels-<device>.json. The
 device-copy bandwidth (x.clone(), read + write) is measured too, as the norm's ceiling.
