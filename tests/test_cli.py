@@ -157,7 +157,8 @@ def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path,
         "growth: {ramp_steps: 2, stages: [{step: 2, hidden: 32, layers: 2}]}\n"
         f"train: {{steps: 6, batch_size: 2, seq_len: 16, tokenizer: byte, data: '{text}'}}\n"
     )
-    status, out, _ = run_main(capsys, "demo", "--spec", spec, "--out", tmp_path / "demo")
+    status, out, _ = run_main(capsys, "demo", "--spec", spec, "--steps", "6",
+                              "--out", tmp_path / "demo")
     assert status == 0
     assert out.count("OK ") == len(SPECS)
     assert "speedup (wall)" in out
