@@ -108,6 +108,21 @@ def rule_pow(a: Analysis, node: fx.Node) -> None:
         rule_unary(a, node)
 
 
+def rule_clamp(a: Analysis, node: fx.Node) -> None:
+    """clamp(x, min, max): keeps zeros only where 0 lies in [min, max] (literal bounds)."""
+    names = ("clamp_min", "clamp_max", aten.clamp_min.default, aten.clamp_max.default)
+    if node.target in names:
+        low_high = (node.args[1], None) if "min" in str(node.target) else (None, node.args[1])
+    else:
+        low_high = (_dim_arg(node, 1, "min"), _dim_arg(node, 2, "max"))
+    low, high = low_high
+    literal = all(v is None or isinstance(v, (int, float)) for v in low_high)
+    if literal and (low is None or low <= 0) and (high is None or high >= 0):
+        rule_zero_unary(a, node)
+    else:
+        rule_unary(a, node)
+
+
 def rule_masked_fill(a: Analysis, node: fx.Node) -> None:
     x, mask = node.args[:2]
     broadcast(a, node, [x, 0.0], "all")
@@ -815,6 +830,8 @@ _TABLE: dict = {}
 for _targets, _rule in (
     (_ADD, rule_add), (_MUL, rule_mul), (_DIV, rule_div), (_ZERO_UNARY, rule_zero_unary),
     (_UNARY, rule_unary), (_POW, rule_pow), (_VIEW, rule_view), (_FLATTEN, rule_flatten),
+    (["clamp", "clamp_min", "clamp_max", "clip", torch.clamp, torch.clip, aten.clamp.default,
+      aten.clamp_min.default, aten.clamp_max.default], rule_clamp),
     (_TRANSPOSE, rule_transpose), (_PERMUTE, rule_permute), (_SPLIT, rule_split),
     (_REDUCE, rule_reduce), (_FORBID, rule_reduce_forbidden), (_FACTORY, rule_factory),
     (_NEW_FACTORY, rule_new_factory), (_LIKE, rule_like),

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from msgc.errors import GraphError, GrowthError
 from msgc.models import build_model
 
 VOCAB = 32
@@ -663,7 +664,8 @@ class Variant:
     """A zoo model, its example inputs, and the growth cases it supports.
 
     `cases` maps a case name to grow() targets: one case per dimension the model can grow,
-    plus "combined" (all at once). `xfail` maps a case to the msgc bug that breaks it.
+    plus "combined" (all at once). `xfail` maps a case to the msgc bug that breaks it and
+    the error it raises.
     `regrow` is the second, small growth applied to the folded model.
     """
 
@@ -671,7 +673,7 @@ class Variant:
     make: Callable[[], nn.Module]
     inputs: Callable[[], tuple]
     cases: dict[str, dict]
-    xfail: dict[str, str] = field(default_factory=dict)
+    xfail: dict[str, tuple[str, type]] = field(default_factory=dict)  # case -> (bug, raises)
     regrow: dict = field(default_factory=lambda: {"ffn": 56})
 
 
@@ -719,6 +721,8 @@ MQA_KV_BUG = (
     "and record.before reports kv_heads == heads == 4"
 )
 
+MQA_XFAIL = {"kv_heads": (MQA_KV_BUG, GrowthError), "combined": (MQA_KV_BUG, GrowthError)}
+
 
 VARIANTS: list[Variant] = [
     Variant("family_gpt2", lambda: _family("gpt2"), _ids, MHA),
@@ -735,11 +739,12 @@ VARIANTS: list[Variant] = [
     Variant("gqa_expand", lambda: GQALM(broadcast="expand"), _ids, GQA),
     Variant("gqa_sdpa_enable_gqa", lambda: GQALM(use_sdpa_gqa=True), _ids, GQA),
     Variant("mqa_expand", lambda: GQALM(n_heads=4, n_kv_heads=1, broadcast="expand"), _ids,
-            MQA, xfail={"kv_heads": MQA_KV_BUG, "combined": MQA_KV_BUG}),
+            MQA, xfail=MQA_XFAIL),
     Variant("mqa_repeat_interleave", lambda: GQALM(n_heads=4, n_kv_heads=1), _ids, MQA,
-            xfail={"kv_heads": MQA_KV_BUG, "combined": MQA_KV_BUG}),
+            xfail=MQA_XFAIL),
     Variant("swiglu_fused_gate_up", lambda: GQALM(fused_mlp=True), _ids, GQA,
-            xfail={"ffn": FUSED_GATE_UP_BUG, "combined": FUSED_GATE_UP_BUG},
+            xfail={"ffn": (FUSED_GATE_UP_BUG, GrowthError),
+                   "combined": (FUSED_GATE_UP_BUG, GrowthError)},
             regrow={"hidden": 32}),
     Variant("postln_encoder_token_types", PostLNEncoder, encoder_inputs, MHA),
     Variant("heads_from_shape", ShapeHeadsLM, _ids, MHA),
@@ -748,4 +753,137 @@ VARIANTS: list[Variant] = [
     Variant("hf_gpt2_conv1d", HFGPT2, _ids, MHA),
 ]
 
+BY_NAME = {v.name: v for v in VARIANTS}
+
+
+# --- 12. ALiBi: a per-head slope buffer biases the scores (a zeroed q still attends) --------
+
+
+class AlibiAttention(nn.Module):
+    def __init__(self, dim, n_heads):
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.out = nn.Linear(dim, dim, bias=False)
+        slopes = torch.tensor([2 ** (-8 * (i + 1) / n_heads) for i in range(n_heads)])
+        self.register_buffer("slopes", slopes.view(n_heads, 1, 1))
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        pos = torch.arange(T, device=x.device)
+        distance = (pos[None, :] - pos[:, None]).clamp(max=0).to(x.dtype)  # (T, T), <= 0
+        bias = self.slopes * distance  # (nh, T, T)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+        att = q @ k.transpose(-2, -1) * self.head_dim ** -0.5 + bias
+        att = att.masked_fill(causal, float("-inf")).softmax(dim=-1)
+        y = (att @ v).transpose(1, 2).reshape(B, T, C)
+        return self.out(y)
+
+
+class AlibiBlock(nn.Module):
+    def __init__(self, dim, n_heads, ffn):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = AlibiAttention(dim, n_heads)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = ReluMLP(dim, ffn)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class AlibiLM(nn.Module):
+    """BLOOM/MPT-style ALiBi: no position embeddings, slopes buffer shaped by heads."""
+
+    def __init__(self, dim=16, n_heads=2, ffn=32, n_layers=2):
+        super().__init__()
+        self.wte = nn.Embedding(VOCAB, dim)
+        self.ln_emb = nn.LayerNorm(dim)
+        self.h = nn.ModuleList([AlibiBlock(dim, n_heads, ffn) for _ in range(n_layers)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.lm_head = nn.Linear(dim, VOCAB, bias=False)
+
+    def forward(self, input_ids):
+        x = self.ln_emb(self.wte(input_ids))
+        for block in self.h:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+# --- 13. ViT: conv patch embedding, CLS token Parameter, position Parameter -----------------
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim, n_heads, ffn):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.fc1 = nn.Linear(dim, ffn)
+        self.fc2 = nn.Linear(ffn, dim)
+
+    def forward(self, x):
+        B, N, C = x.shape
+        qkv = self.qkv(self.norm1(x)).reshape(B, N, 3, self.n_heads, C // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        y = F.scaled_dot_product_attention(q, k, v)
+        x = x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+
+class TinyViT(nn.Module):
+    """timm-style VisionTransformer: 8x8 images, 2x2 patches, CLS token, class head."""
+
+    def __init__(self, dim=16, n_heads=2, ffn=32, n_layers=2, classes=5, img=8, patch=2,
+                 conv=True):
+        super().__init__()
+        self.conv, self.patch = conv, patch
+        if conv:
+            self.patch_embed = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+        else:  # lucidrains/vit-pytorch: rearrange patches, then LayerNorm + Linear
+            self.patch_norm = nn.LayerNorm(3 * patch * patch)
+            self.patch_embed = nn.Linear(3 * patch * patch, dim)
+        n = (img // patch) ** 2
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+        self.blocks = nn.ModuleList([ViTBlock(dim, n_heads, ffn) for _ in range(n_layers)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images):
+        if self.conv:
+            x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, C)
+        else:
+            b, c, h, w = images.shape
+            p = self.patch
+            x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+            x = self.patch_embed(self.patch_norm(x.reshape(b, (h // p) * (w // p), p * p * c)))
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        x = x + self.pos_embed
+        for blk in self.blocks:
+            x = blk(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+def images() -> tuple:
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(BATCH, 3, 8, 8, generator=g),)
+
+
+CONV_BUG = (
+    "trace._INLINERS has no nn.Conv2d (nor a conv rule in rules.py): a conv patch embedding, "
+    "which DESIGN.md lists as growing with hidden, stops with 'no dimension rule for op "
+    "module patch_embed'"
+)
+
+VARIANTS += [
+    Variant("alibi_slopes_buffer", AlibiLM, _ids, MHA),
+    Variant("vit_linear_patches_cls", lambda: TinyViT(conv=False), images, MHA),
+    Variant("vit_conv_patches_cls", TinyViT, images, MHA,
+            xfail={case: (CONV_BUG, GraphError) for case in MHA}),
+]
 BY_NAME = {v.name: v for v in VARIANTS}
