@@ -715,10 +715,11 @@ FUSED_GATE_UP_BUG = (
     "children (the gate/up pieces), so the ffn leaf is never named"
 )
 MQA_KV_BUG = (
-    "MQA (kv_heads = 1) is analysed as MHA: the size-1 kv-heads factor is dropped from the "
-    "prod refinement (atoms._chunks filters size-1 factors; plan._head_groups skips size-1 "
-    "leaves), so grow(kv_heads=2, heads=8) raises 'has one key/value head per query head' "
-    "and record.before reports kv_heads == heads == 4"
+    "MQA (kv_heads = 1): kv heads cannot grow. The size-1 kv-heads factor is dropped from the "
+    "heads prod refinement (atoms._chunks filters size-1 factors; plan._head_groups skips "
+    "size-1 leaves), so the attention looks like MHA: grow(kv_heads=2, heads=8) raises a "
+    "GrowthError (MHA's 'set kv_heads equal to heads', or the newer explicit 'cannot add "
+    "key/value heads' refusal) and record.before reports kv_heads == heads == 4, not 1"
 )
 
 MQA_XFAIL = {"kv_heads": (MQA_KV_BUG, GrowthError), "combined": (MQA_KV_BUG, GrowthError)}
