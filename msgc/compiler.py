@@ -12,10 +12,11 @@ import torch.fx as fx
 import torch.nn as nn
 
 from msgc.errors import GrowthError
+from msgc.graph.blocks import find_blocks
 from msgc.graph.dims import Analysis, analyze_graph
 from msgc.graph.plan import Groups, find_groups, plan_sizes
 from msgc.graph.trace import IR_MARK, to_ir
-from msgc.passes.deepen import deepen, find_blocks
+from msgc.passes.deepen import deepen
 from msgc.passes.fold import fold_masks
 from msgc.passes.fuse import fuse_masks
 from msgc.passes.masks import MASKS, insert_masks

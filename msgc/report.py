@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
+from msgc.graph.blocks import find_blocks
 from msgc.graph.dims import Analysis
 from msgc.graph.plan import Groups
-from msgc.passes.deepen import find_blocks
 
 
 @dataclass

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from msgc.errors import GrowthError
+from msgc.graph.blocks import find_blocks
 from msgc.graph.dims import Analysis
 
 FIXED_TAGS = {"input", "output", "index", "head_dim"}
@@ -46,12 +47,30 @@ def find_groups(a: Analysis) -> Groups:
     hidden = _hidden(a, fixed)
     heads = _head_groups(a, fixed)
     head_leaves = {x for h in heads for x in (h.heads, h.kv, h.group) if x is not None}
+    in_blocks = _block_leaves(a)
     ffn = sorted(
         leaf for leaf, tags in inherited.items()
         if "linear_out" in tags and leaf not in fixed and leaf != hidden
         and leaf not in head_leaves and at.size(leaf) > 1
+        and (in_blocks is None or leaf in in_blocks)
     )
     return Groups(hidden=hidden, ffn=ffn, heads=heads, fixed=fixed)
+
+
+def _block_leaves(a: Analysis) -> set[int] | None:
+    """Leaf classes shaping some parameter inside the block stack (None: no blocks).
+
+    ffn is a per-block width: a pooler or a projection outside the blocks is not one.
+    """
+    blocks = find_blocks(a.gm)
+    if blocks is None:
+        return None
+    prefixes = tuple(path + "." for path in blocks.paths)
+    return {
+        leaf
+        for node in a.param_nodes.values() if str(node.target).startswith(prefixes)
+        for atom in a.of(node) for leaf in a.atoms.leaves(atom)
+    }
 
 
 def _inherited_tags(a: Analysis) -> dict[int, set[str]]:
@@ -62,7 +81,7 @@ def _inherited_tags(a: Analysis) -> dict[int, set[str]]:
         tags = at.tags_of(atom)
         for leaf in at.leaves(atom):
             leaf_tags.setdefault(leaf, set()).update(
-                tags if leaf == atom else tags & (FIXED_TAGS | {"heads"})
+                tags if leaf == atom else tags & (FIXED_TAGS | {"heads", "linear_out"})
             )
     return leaf_tags
 

@@ -583,6 +583,27 @@ def _contract(a: Analysis, node, x, weight, in_dim: int, out_dim: int, bias) -> 
     a.need_zero(node, x, -1)
 
 
+def rule_conv2d(a: Analysis, node: fx.Node) -> None:
+    """conv2d(x, W, b): x[1] ~ W[1] (contracted), out[1] ~ W[0] ~ b; spatial dims new."""
+    x, weight = node.args[:2]
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+    out = a.fresh(node)
+    xd, wd = a.of(x), a.of(weight)
+    a.unify(xd[0], out[0], node)
+    a.carry(node, 0, [(x, 0)])
+    if groups != 1:  # grouped channels: neither channel dim can grow
+        a.forbid(node, xd[1], "a grouped convolution")
+        a.forbid(node, out[1], "a grouped convolution")
+        return
+    a.unify(xd[1], wd[1], node)
+    a.unify(out[1], wd[0], node)
+    a.atoms.tag(wd[0], "linear_out")
+    if a.is_tensor(bias):
+        a.unify(a.of(bias)[0], out[1], node)
+    a.need_zero(node, x, 1)
+
+
 def rule_matmul(a: Analysis, node: fx.Node) -> None:
     """matmul: batch dims broadcast, x[-1] ~ y[-2] contracted, out = (.., x[-2], y[-1])."""
     x, y = node.args[:2]
@@ -848,6 +869,7 @@ for _targets, _rule in (
     ([torch.stack, aten.stack.default], rule_stack),
     ([F.linear, aten.linear.default], rule_linear),
     ([torch.addmm, aten.addmm.default], rule_addmm),
+    ([F.conv2d, aten.conv2d.default], rule_conv2d),
     (["matmul", "bmm", torch.matmul, torch.bmm, operator.matmul, aten.matmul.default,
       aten.bmm.default], rule_matmul),
     ([F.scaled_dot_product_attention, aten.scaled_dot_product_attention.default], rule_sdpa),

@@ -182,6 +182,15 @@ def _inline_rms_norm(graph, node, m: nn.RMSNorm):
     return graph.call_function(F.rms_norm, args)
 
 
+def _inline_conv2d(graph, node, m: nn.Conv2d):
+    if m.padding_mode != "zeros":
+        raise GraphError(f"node {node.name}: nn.Conv2d with padding_mode={m.padding_mode!r} "
+                         "is not supported")
+    args = (node.args[0], _param(graph, node, m, "weight"), _param(graph, node, m, "bias"),
+            m.stride, m.padding, m.dilation, m.groups)
+    return graph.call_function(F.conv2d, args)
+
+
 def _inline_gelu(graph, node, m: nn.GELU):
     return graph.call_function(F.gelu, (node.args[0],), {"approximate": m.approximate})
 
@@ -198,6 +207,7 @@ _INLINERS = {
     nn.Embedding: _inline_embedding,
     nn.LayerNorm: _inline_layer_norm,
     nn.RMSNorm: _inline_rms_norm,
+    nn.Conv2d: _inline_conv2d,
     nn.GELU: _inline_gelu,
     nn.ReLU: _inline_unary(F.relu),
     nn.SiLU: _inline_unary(F.silu),

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from msgc.errors import GraphError, GrowthError
+from msgc.errors import GrowthError
 from msgc.models import build_model
 
 VOCAB = 32
@@ -708,12 +708,6 @@ MQA = {  # 1 kv head x 4 query heads
     "combined_no_kv": {"hidden": 24, "ffn": 48, "heads": 6, "layers": 3},
 }
 
-FUSED_GATE_UP_BUG = (
-    "plan.find_groups: the FFN width of a fused gate_up projection split by chunk(2) is not "
-    "found ('ffn: the model has no feed-forward width to grow'): the linear_out tag sits on "
-    "the gate_up output class and _inherited_tags does not pass it to the sum-refinement "
-    "children (the gate/up pieces), so the ffn leaf is never named"
-)
 MQA_KV_BUG = (
     "MQA (kv_heads = 1): kv heads cannot grow. The size-1 kv-heads factor is dropped from the "
     "heads prod refinement (atoms._chunks filters size-1 factors; plan._head_groups skips "
@@ -744,8 +738,6 @@ VARIANTS: list[Variant] = [
     Variant("mqa_repeat_interleave", lambda: GQALM(n_heads=4, n_kv_heads=1), _ids, MQA,
             xfail=MQA_XFAIL),
     Variant("swiglu_fused_gate_up", lambda: GQALM(fused_mlp=True), _ids, GQA,
-            xfail={"ffn": (FUSED_GATE_UP_BUG, GrowthError),
-                   "combined": (FUSED_GATE_UP_BUG, GrowthError)},
             regrow={"hidden": 32}),
     Variant("postln_encoder_token_types", PostLNEncoder, encoder_inputs, MHA),
     Variant("heads_from_shape", ShapeHeadsLM, _ids, MHA),
@@ -875,16 +867,10 @@ def images() -> tuple:
     return (torch.randn(BATCH, 3, 8, 8, generator=g),)
 
 
-CONV_BUG = (
-    "trace._INLINERS has no nn.Conv2d (nor a conv rule in rules.py): a conv patch embedding, "
-    "which DESIGN.md lists as growing with hidden, stops with 'no dimension rule for op "
-    "module patch_embed'"
-)
 
 VARIANTS += [
     Variant("alibi_slopes_buffer", AlibiLM, _ids, MHA),
     Variant("vit_linear_patches_cls", lambda: TinyViT(conv=False), images, MHA),
-    Variant("vit_conv_patches_cls", TinyViT, images, MHA,
-            xfail={case: (CONV_BUG, GraphError) for case in MHA}),
+    Variant("vit_conv_patches_cls", TinyViT, images, MHA),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
