@@ -179,8 +179,11 @@ def _add_train(subparsers: Subparsers) -> None:
         "train", help="train a spec's growth schedule into a run directory"
     )
     parser.add_argument("spec", type=Path, metavar="SPEC")
-    parser.add_argument("--out", type=Path, required=True, metavar="RUN_DIR",
-                        help="run directory: spec, metrics.jsonl, final model, plot")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, metavar="RUN_DIR",
+                       help="a new run directory: spec, metrics.jsonl, checkpoints, model, plot")
+    where.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its newest valid checkpoint")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="scale the schedule to N steps (stages, ramp, warmup with it)")
     parser.set_defaults(handler=cmd_train)
@@ -189,13 +192,17 @@ def _add_train(subparsers: Subparsers) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train the spec; print the final figures and where the outputs are."""
     spec = _spec_with_steps(load_spec(args.spec), args.steps)
+    out = args.resume or args.out
     tokenizer, data = _prepare(spec)
-    result = Trainer(spec, tokenizer, data, out_dir=args.out).run()
+    trainer = Trainer(spec, tokenizer, data, out_dir=out, resume=args.resume is not None)
+    if trainer.resumed_from is not None:
+        print(f"resuming {out} at step {trainer.resumed_from}", file=sys.stderr)
+    result = trainer.run()
     print(f"{spec.name}: {result.steps} steps in {result.wall_seconds:.1f} s, "
           f"{_si(result.flops)}FLOP, {_si(result.params)} parameters")
     print(f"val loss {result.val_loss:.4f}, val bpb {result.val_bpb:.4f}, "
           f"test bpb {result.test_bpb:.4f}")
-    print(f"run directory: {args.out} (plot: {args.out / 'loss.png'})")
+    print(f"run directory: {out} (plot: {out / 'loss.png'})")
     return 0
 
 

@@ -27,3 +27,7 @@ class DataError(MsgcError):
 
 class CheckpointError(MsgcError):
     """A checkpoint is missing, corrupted, or belongs to another spec."""
+
+
+class TrainingDivergedError(MsgcError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

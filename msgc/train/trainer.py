@@ -36,9 +36,15 @@ from torch import nn
 from tqdm import tqdm
 
 import msgc
-from msgc.errors import PreservationError, SpecError
+from msgc.errors import CheckpointError, PreservationError, SpecError, TrainingDivergedError
 from msgc.models import build_model, count_parameters
 from msgc.spec import FamilyModelSpec, Spec, Stage
+from msgc.train.checkpoint import (
+    list_checkpoints,
+    load_latest,
+    spec_fingerprint,
+    write_checkpoint,
+)
 from msgc.train.data import TokenData
 from msgc.train.flops import stage_cost
 from msgc.train.metrics import MetricsLog
@@ -50,6 +56,7 @@ from msgc.train.optim import (
 )
 from msgc.train.plot import plot_runs
 from msgc.train.precision import Precision, resolve_device
+from msgc.train.resume import capture, restore_rng
 from msgc.train.task import Evaluation, Task
 from msgc.train.tokenizer import Tokenizer
 
@@ -118,6 +125,7 @@ class Trainer:
         data: TokenData,
         out_dir: Path | None = None,
         progress: bool = True,
+        resume: bool = False,
     ) -> None:
         family = family_model(spec)
         train = spec.train
@@ -131,19 +139,77 @@ class Trainer:
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
         self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
         self.stage_flops = [stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
-        self.state = self._initial_state()
+        self.fingerprint = spec_fingerprint(spec.to_dict())
+        self.resumed_from: int | None = None
+        payload = self._latest_checkpoint() if resume else None
+        self.state = self._initial_state() if payload is None else self._resumed_state(payload)
 
     def _initial_state(self) -> RunState:
         """The step-0 model (seeded init) and optimizer; a fresh run directory."""
-        metrics_path = None
-        if self.out_dir is not None:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self.spec.dump(self.out_dir / "spec.yaml")
-            metrics_path = self.out_dir / "metrics.jsonl"
-            metrics_path.write_text("", encoding="utf-8")
+        model = self._initial_model()
+        metrics = MetricsLog(self._fresh_metrics_file([]))
+        return RunState(model, build_optimizer(model, self.spec.train), metrics)
+
+    def _initial_model(self) -> nn.Module:
         torch.manual_seed(self.spec.train.seed)
-        model = build_model(self.spec.model).to(self.device).train()
-        return RunState(model, build_optimizer(model, self.spec.train), MetricsLog(metrics_path))
+        return build_model(self.spec.model).to(self.device).train()
+
+    def _fresh_metrics_file(self, rows: list[dict[str, Any]]) -> Path | None:
+        """The run directory's spec.yaml and metrics.jsonl, the latter holding `rows`."""
+        if self.out_dir is None:
+            return None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.spec.dump(self.out_dir / "spec.yaml")
+        path = self.out_dir / "metrics.jsonl"
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        return path
+
+    # --- checkpoints ---------------------------------------------------------------------
+
+    def _latest_checkpoint(self) -> dict[str, Any] | None:
+        if self.out_dir is None:
+            raise CheckpointError("resume needs the run directory (--out)")
+        payload, skipped = load_latest(self.out_dir, self.fingerprint)
+        for reason in skipped:
+            print(f"warning: skipping checkpoint {reason}", file=sys.stderr)
+        if payload is None and self.progress:
+            print(f"no checkpoint in {self.out_dir}: starting from step 0", file=sys.stderr)
+        return payload
+
+    def _resumed_state(self, payload: dict[str, Any]) -> RunState:
+        """The loop state of a checkpoint: structure replayed, then weights and state loaded."""
+        model = self._initial_model()
+        stages = self.spec.growth.stages
+        for index in range(payload["stage"]):
+            stage = stages[index]
+            model = self._grown(model, stage.step, stage, index, verify=False)
+            if index < payload["stage"] - 1 or not payload["grown"]:
+                model.set_masks(1.0)
+                model = msgc.fold(model)
+        model.load_state_dict(payload["model"])
+        optimizer = build_optimizer(model, self.spec.train)
+        optimizer.load_state_dict(payload["optimizer"])
+        self.precision.scaler.load_state_dict(payload["scaler"])
+        restore_rng(payload["rng"])
+        self.resumed_from = payload["step"]
+        metrics = MetricsLog(self._fresh_metrics_file(payload["metrics"]), payload["metrics"])
+        return RunState(model, optimizer, metrics, step=payload["step"], stage=payload["stage"],
+                        ramp_start=payload["ramp_start"], tokens=payload["tokens"],
+                        flops=payload["flops"], seconds=payload["seconds"])
+
+    def checkpoint(self) -> Path | None:
+        """Write a checkpoint of the state after the last step (run directory only)."""
+        if self.out_dir is None:
+            return None
+        return write_checkpoint(self.out_dir, self.state.step,
+                                capture(self.state, self.precision.scaler), self.fingerprint,
+                                keep=self.spec.train.keep_checkpoints)
+
+    def _checkpoint_due(self, structure_changed: bool) -> bool:
+        every = self.spec.train.checkpoint_every
+        step = self.state.step
+        return (structure_changed or step == self.spec.train.steps
+                or (every is not None and step % every == 0))
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -165,6 +231,7 @@ class Trainer:
         state, train = self.state, self.spec.train
         step = state.step
         start = time.perf_counter()
+        stage_before, model_before = state.stage, state.model
         self._advance_ramp(step)
         growth = self._grow(step, self.stages[step]) if step in self.stages else {}
         loss = self._optimize(step)
@@ -185,6 +252,8 @@ class Trainer:
         if state.step == train.steps:
             row |= _prefixed("test", self.evaluate("test"))
         state.metrics.append(row)
+        if self._checkpoint_due(state.stage != stage_before or state.model is not model_before):
+            self.checkpoint()
         return row
 
     def finish(self) -> RunResult:
@@ -227,17 +296,13 @@ class Trainer:
 
     def _grow(self, step: int, stage: Stage) -> dict[str, float]:
         """Grow to `stage`'s sizes, move the optimizer state, check the loss is preserved."""
-        state, growth = self.state, self.spec.growth
+        state = self.state
         inputs, targets = (t.to(self.device) for t in self.task.train_batch(
             step * self.spec.train.grad_accum_steps))
         before = self._exact_loss(inputs, targets)
         start = time.perf_counter()
         old_params = dict(state.model.named_parameters(remove_duplicate=False))
-        grown = msgc.grow(
-            state.model, (inputs[:2],), **stage.sizes(), init=growth.init,
-            init_std=growth.init_std, seed=self.spec.train.seed + state.stage + 1,
-            depth_placement=growth.depth_placement, verify=True,
-        ).to(self.device).train()
+        grown = self._grown(state.model, step, stage, state.stage, verify=True)
         state.optimizer = transfer_optimizer(state.optimizer, old_params, grown, grown.origins)
         state.model, state.ramp_start = grown, step
         state.stage += 1
@@ -249,6 +314,17 @@ class Trainer:
                 f"(relative {abs(after - before) / abs(before):.2e} > {PRESERVATION_RTOL:g})"
             )
         return {"loss_before": before, "loss_after": after, "grow_seconds": seconds}
+
+    def _grown(self, model: nn.Module, step: int, stage: Stage, index: int,
+               verify: bool) -> msgc.GrownModule:
+        """`model` grown to `stage` (the `index`-th growth) exactly as the run does it."""
+        growth = self.spec.growth
+        example = self.task.train_batch(step * self.spec.train.grad_accum_steps)[0][:2]
+        return msgc.grow(
+            model, (example.to(self.device),), **stage.sizes(), init=growth.init,
+            init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
+            depth_placement=growth.depth_placement, verify=verify,
+        ).to(self.device).train()
 
     def _exact_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
         """The model's loss on a batch in eval mode (no dropout) and fp32."""
@@ -273,6 +349,11 @@ class Trainer:
             loss = loss / train.grad_accum_steps
             scaler.scale(loss).backward()
             total += loss.detach()
+        if not torch.isfinite(total):
+            raise TrainingDivergedError(
+                f"the training loss is {float(total)} at step {step}; stopping. "
+                f"{self._last_checkpoint_note()} Lower the learning rate or check the data."
+            )
         set_learning_rate(optimizer, learning_rate(step, train))
         if train.grad_clip:
             scaler.unscale_(optimizer)
@@ -281,6 +362,15 @@ class Trainer:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return float(total)
+
+    def _last_checkpoint_note(self) -> str:
+        if self.out_dir is None:
+            return "No run directory, so no checkpoint was kept."
+        found = list_checkpoints(self.out_dir)
+        if not found:
+            return "No checkpoint was written yet."
+        return (f"The last good checkpoint (step {found[-1].step}) is kept in "
+                f"{found[-1].payload.parent}.")
 
     def _flops_per_token(self, step: int) -> int:
         """Training FLOPs per token of the architecture in force at `step`."""

@@ -15,7 +15,6 @@ from msgc.cli import main
 from msgc.models import build_model, count_parameters
 from msgc.spec import FamilyModelSpec, Spec, parse_spec
 from msgc.train.compare import rescale, scratch_spec
-from msgc.train.corpus import load_corpus
 from msgc.train.data import prepare_data
 from msgc.train.metrics import read_metrics
 from msgc.train.task import Task
@@ -30,21 +29,6 @@ MODELS = {
 }
 # width + heads first, then FFN and depth together: every dimension grows
 STAGES = [{"step": 4, "hidden": 48, "heads": 3}, {"step": 8, "ffn": 96, "layers": 3}]
-
-
-@pytest.fixture(scope="module")
-def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """40 kB of Shakespeare: val and test splits of 2 kB each."""
-    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
-    path.write_text(load_corpus("shakespeare")["train"][:40_000], encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A private MSGC_CACHE for the test."""
-    monkeypatch.setenv("MSGC_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
 
 
 def make_spec(text_file: Path, family: str = "gpt2", stages: list[dict] | None = None,
@@ -100,7 +84,8 @@ def test_run_directory(text_file: Path, cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     trainer, result = run(spec, cache, out)
     assert {p.name for p in out.iterdir()} == {"spec.yaml", "metrics.jsonl", "model.safetensors",
-                                             "model.json", "summary.json", "loss.png"}
+                                             "model.json", "summary.json", "loss.png",
+                                             "checkpoints"}
     assert read_metrics(out / "metrics.jsonl") == json.loads(json.dumps(result.rows))
     assert json.loads((out / "summary.json").read_text())["test_bpb"] == result.test_bpb
     # the saved weights load into the reference model of the final architecture
