@@ -17,6 +17,8 @@ from typing import Any
 
 from msgc import __version__
 from msgc.errors import MsgcError, SpecError
+from msgc.inspect import add_inspect
+from msgc.interop.commands import add_compile, add_export
 from msgc.spec import FamilyModelSpec, Spec, load_spec, spec_json_schema
 from msgc.train.compare import compare, rescale
 from msgc.train.data import TokenData, prepare_data
@@ -325,6 +327,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
-    _add_validate, _add_schema, _add_info, _add_train, _add_compare, _add_demo,
+    _add_validate, _add_schema, _add_info, add_inspect, _add_train, _add_compare, add_export,
+    add_compile, _add_demo,
 ]
 """Every subcommand's registration function, in the order `--help` lists them."""
