@@ -46,6 +46,7 @@ class GrownModule(fx.GraphModule):
 
     origins: dict[str, ParamOrigin]
     record: GrowthRecord
+    example_inputs: tuple  # what it was grown with (exported graphs may fix their shapes)
 
     def set_masks(self, c: float) -> None:
         """Set every new structure's mask (and new blocks' mixing) to c in [0, 1]."""
@@ -62,6 +63,7 @@ class GrownModule(fx.GraphModule):
         res.add_submodule(MASKS, copy.deepcopy(getattr(self, MASKS), memo))
         res.origins = copy.deepcopy(self.origins, memo)
         res.record = copy.deepcopy(self.record, memo)
+        res.example_inputs = self.example_inputs
         return res
 
 
@@ -116,6 +118,8 @@ def grow(
     gm.graph.lint()
     gm.recompile()
     grown = _as_grown(gm, origins, record)
+    grown.example_inputs = tuple(x.detach().cpu() if hasattr(x, "detach") else x
+                                 for x in example_inputs)
     grown.set_masks(0.0)
     if verify:
         record.preservation_error = verify_preservation(expected, grown, example_inputs, rtol)
@@ -133,6 +137,7 @@ def fold(grown: nn.Module) -> fx.GraphModule:
     plain = fx.GraphModule(grown, copy.deepcopy(grown.graph), class_name=_class_name(grown))
     fold_masks(plain)
     setattr(plain, IR_MARK, True)
+    plain.example_inputs = grown.example_inputs
     plain.train(grown.training)
     return plain
 

@@ -63,8 +63,9 @@ def _has_field(config, name: str) -> bool:
 def export_hf(folded: fx.GraphModule, like: nn.Module, path: str | Path,
               example_inputs: tuple | None = None) -> nn.Module:
     """Build `like`'s HF class at the folded model's sizes, load its weights, save it."""
-    if example_inputs is None:
-        example_inputs = (torch.randint(0, like.config.vocab_size, (2, 8)),)
+    if example_inputs is None:  # the shapes it was grown with: export may have fixed them
+        example_inputs = getattr(folded, "example_inputs", None) or (
+            torch.randint(0, like.config.vocab_size, (2, 8)),)
     sizes = grown_sizes(folded, example_inputs)
     config = grown_config(like, sizes)
     model = type(like)(config)
