@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from msgc.errors import GraphError
-from msgc.graph.dims import Analysis, where
+from msgc.graph.dims import Analysis, Carry, SizeArg, where
 from msgc.ops import AttentionDropout
 
 aten = torch.ops.aten
@@ -391,20 +391,15 @@ def rule_split(a: Analysis, node: fx.Node) -> None:
     dims = a.of(x)
     metas = node.meta["tensor_meta"]
     dim = _split_dim(node, len(dims))
-    pieces, carries = [], []
-    for meta in metas:
-        piece = [a.atoms.new(int(s)) for s in meta.shape]
-        pieces.append(piece)
+    pieces = [[a.atoms.new(int(s)) for s in meta.shape] for meta in metas]
     unbind = _is_unbind(node)
+    carries = []
     for piece in pieces:
-        for d in range(len(piece)):
-            src = d if unbind and d < dim else (d + 1 if unbind else d)
-            if unbind and d >= dim:
-                src = d + 1
-            if src == dim:
-                continue
-            a.unify(dims[src], piece[d], node)
-        carries.append({d: _carry_from(x, d, dim, unbind) for d in range(len(piece))})
+        sources = {d: _source_dim(d, dim, unbind) for d in range(len(piece))}
+        for d, src in sources.items():
+            if src != dim:  # the split dim itself is refined into the pieces below
+                a.unify(dims[src], piece[d], node)
+        carries.append({d: Carry([(x, src)], "any") for d, src in sources.items()})
     if unbind:
         a.atoms.tag(dims[dim], "index")
     else:
@@ -414,11 +409,9 @@ def rule_split(a: Analysis, node: fx.Node) -> None:
     a.element_carries[node] = carries
 
 
-def _carry_from(x, d, dim, unbind):
-    from msgc.graph.dims import Carry
-
-    src = d + 1 if unbind and d >= dim else d
-    return Carry([(x, src)], "any")
+def _source_dim(d: int, dim: int, unbind: bool) -> int:
+    """The input dim a piece's dim `d` comes from (unbind drops `dim`)."""
+    return d + 1 if unbind and d >= dim else d
 
 
 def _is_unbind(node: fx.Node) -> bool:
@@ -512,8 +505,6 @@ def _segment(a, node, whole: int, lo: int, hi: int, piece: int, path: tuple) -> 
 
 
 def _slice_arg(node, path, piece, whole):
-    from msgc.graph.dims import SizeArg
-
     return SizeArg(node, path, piece, kind="slice", within=whole)
 
 
