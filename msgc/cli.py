@@ -22,7 +22,9 @@ from msgc.interop.commands import add_compile, add_export
 from msgc.spec import FamilyModelSpec, Spec, load_spec, spec_json_schema
 from msgc.train.compare import compare, rescale
 from msgc.train.data import TokenData, prepare_data
+from msgc.train.distributed import MODES, Parallel
 from msgc.train.flops import stage_cost
+from msgc.train.precision import resolve_device
 from msgc.train.tokenizer import Tokenizer
 from msgc.train.trainer import Trainer, family_model
 
@@ -188,18 +190,37 @@ def _add_train(subparsers: Subparsers) -> None:
                        help="continue the run in RUN_DIR from its newest valid checkpoint")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="scale the schedule to N steps (stages, ramp, warmup with it)")
+    parser.add_argument("--distributed", choices=MODES, metavar="{" + ",".join(MODES) + "}",
+                        help="train on the processes torchrun starts (torchrun --nproc_per_node "
+                             "N -m msgc train ...): ddp replicates the model, fsdp shards it "
+                             "(FSDP2); batch_size stays the global batch")
     parser.set_defaults(handler=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train the spec; print the final figures and where the outputs are."""
+    """Train the spec; print the final figures and where the outputs are (rank 0)."""
     spec = _spec_with_steps(load_spec(args.spec), args.steps)
+    parallel = Parallel.single()
+    if args.distributed:
+        parallel = Parallel.from_env(args.distributed, resolve_device(spec.train.device))
+    try:
+        return _train(spec, args, parallel)
+    finally:
+        parallel.close()
+
+
+def _train(spec: Spec, args: argparse.Namespace, parallel: Parallel) -> int:
+    """Train `spec` in `parallel`'s processes; rank 0 prints the figures."""
     out = args.resume or args.out
-    tokenizer, data = _prepare(spec)
-    trainer = Trainer(spec, tokenizer, data, out_dir=out, resume=args.resume is not None)
-    if trainer.resumed_from is not None:
+    with parallel.main_first():  # rank 0 fills the tokenizer and token caches
+        tokenizer, data = _prepare(spec)
+    trainer = Trainer(spec, tokenizer, data, out_dir=out, resume=args.resume is not None,
+                      parallel=parallel)
+    if trainer.resumed_from is not None and parallel.is_main:
         print(f"resuming {out} at step {trainer.resumed_from}", file=sys.stderr)
     result = trainer.run()
+    if not parallel.is_main:
+        return 0
     print(f"{spec.name}: {result.steps} steps in {result.wall_seconds:.1f} s, "
           f"{_si(result.flops)}FLOP, {_si(result.params)} parameters")
     print(f"val loss {result.val_loss:.4f}, val bpb {result.val_bpb:.4f}, "

@@ -64,29 +64,43 @@ class Task:
         seq_len: int,
         seed: int,
         mlm: bool,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         self.tokenizer = tokenizer
         self.data = data
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.mlm = mlm
-        self.sampler = BatchSampler(data.train, batch_size, seq_len, seed)
+        self.sampler = BatchSampler(data.train, batch_size, seq_len, seed, rank, world_size)
+        self.global_sampler = BatchSampler(data.train, batch_size, seq_len, seed)
         self.token_bytes = torch.tensor(  # (V,) UTF-8 bytes per id
             [len(tokenizer.token_bytes(i)) for i in range(tokenizer.vocab_size)],
             dtype=torch.int64,
         )
 
     def train_batch(self, index: int) -> Batch:
-        """Training micro-batch number `index` (a pure function of the index and the seed)."""
-        if self.mlm:
-            return self.sampler.mlm(index, self.tokenizer.mask_id, self.tokenizer.vocab_size)
-        return self.sampler.batch(index)
+        """This rank's rows of training micro-batch number `index` (a pure function of the
+        index and the seed; with one process, the whole batch)."""
+        return self._batch(self.sampler, index)
 
-    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy over the scored targets (a 0-d tensor)."""
+    def example_batch(self, index: int, rows: int = 2) -> Batch:
+        """The first `rows` rows of the global micro-batch `index`: the same on every rank."""
+        inputs, targets = self._batch(self.global_sampler, index)
+        return inputs[:rows], targets[:rows]
+
+    def _batch(self, sampler: BatchSampler, index: int) -> Batch:
+        if self.mlm:
+            return sampler.mlm(index, self.tokenizer.mask_id, self.tokenizer.vocab_size)
+        return sampler.batch(index)
+
+    def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
+             reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy over the scored targets, their mean (or ``reduction="sum"``: their
+        sum), a 0-d tensor."""
         logits = model(inputs)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE_INDEX)
+                               ignore_index=IGNORE_INDEX, reduction=reduction)
 
     @torch.no_grad()
     def evaluate(

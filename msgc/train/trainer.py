@@ -18,14 +18,24 @@ Everything the loop carries from one step to the next lives in `RunState`: model
 grown with its masks), optimizer, step, growth stage, ramp start, counters and metrics. With
 the torch RNG state (dropout, new weights' init is seeded per stage) that is all a checkpoint
 needs: training batches are a pure function of the step.
+
+Several processes (``parallel``, see msgc.train.distributed): every rank trains on its rows of
+the same global batch through a wrapper (DDP around ``state.model``, or ``state.model`` itself
+sharded in place by FSDP2), grows, folds and checks preservation the same way (each on its own
+rows; a failure on any rank fails every rank), and reports global means. Growth and fold run
+on the unsharded model, which is then re-wrapped (or re-sharded). Rank 0 alone logs and writes
+metrics, checkpoints and outputs; a checkpoint holds the full model and optimizer state, so it
+resumes on any number of processes. Each rank's dropout draws from its own RNG stream.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,7 +55,8 @@ from msgc.train.checkpoint import (
     spec_fingerprint,
     write_checkpoint,
 )
-from msgc.train.data import TokenData
+from msgc.train.data import IGNORE_INDEX, TokenData
+from msgc.train.distributed import Parallel, rank_seed
 from msgc.train.flops import stage_cost
 from msgc.train.metrics import MetricsLog
 from msgc.train.optim import (
@@ -70,7 +81,8 @@ PRESERVATION_RTOL = 1e-5
 class RunState:
     """Everything the loop carries from one optimizer step to the next."""
 
-    model: nn.Module  # plain, or a msgc.GrownModule while its masks ramp
+    model: nn.Module  # plain, or a msgc.GrownModule while its masks ramp; unwrapped (under
+    # FSDP: sharded in place)
     optimizer: torch.optim.AdamW
     metrics: MetricsLog
     step: int = 0  # optimizer steps done: the index of the next step
@@ -126,16 +138,19 @@ class Trainer:
         out_dir: Path | None = None,
         progress: bool = True,
         resume: bool = False,
+        parallel: Parallel | None = None,
     ) -> None:
         family = family_model(spec)
         train = spec.train
         self.spec = spec
         self.out_dir = out_dir
-        self.progress = progress
-        self.device = resolve_device(train.device)
+        self.parallel = parallel or Parallel.single()
+        self.progress = progress and self.parallel.is_main
+        self.device = self.parallel.device(resolve_device(train.device))
         self.precision = Precision(self.device, train.dtype)
         self.task = Task(tokenizer, data, train.batch_size, train.seq_len, train.seed,
-                         mlm=family.family == "bert")
+                         mlm=family.family == "bert", rank=self.parallel.rank,
+                         world_size=self.parallel.world_size)
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
         self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
         self.stage_flops = [stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
@@ -143,20 +158,25 @@ class Trainer:
         self.resumed_from: int | None = None
         payload = self._latest_checkpoint() if resume else None
         self.state = self._initial_state() if payload is None else self._resumed_state(payload)
+        self._wrapper: nn.Module = self.state.model
+        self._rewrap()
 
     def _initial_state(self) -> RunState:
         """The step-0 model (seeded init) and optimizer; a fresh run directory."""
         model = self._initial_model()
+        model, optimizer = self._sharded(model, build_optimizer(model, self.spec.train))
+        self._fork_rng(0)
         metrics = MetricsLog(self._fresh_metrics_file([]))
-        return RunState(model, build_optimizer(model, self.spec.train), metrics)
+        return RunState(model, optimizer, metrics)
 
     def _initial_model(self) -> nn.Module:
         torch.manual_seed(self.spec.train.seed)
         return build_model(self.spec.model).to(self.device).train()
 
     def _fresh_metrics_file(self, rows: list[dict[str, Any]]) -> Path | None:
-        """The run directory's spec.yaml and metrics.jsonl, the latter holding `rows`."""
-        if self.out_dir is None:
+        """The run directory's spec.yaml and metrics.jsonl, the latter holding `rows` (rank 0
+        only: other ranks write nothing)."""
+        if not self._writes:
             return None
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.spec.dump(self.out_dir / "spec.yaml")
@@ -166,9 +186,19 @@ class Trainer:
 
     # --- checkpoints ---------------------------------------------------------------------
 
+    @property
+    def _writes(self) -> bool:
+        """Whether this process writes the run directory (rank 0 of a run with one)."""
+        return self.out_dir is not None and self.parallel.is_main
+
     def _latest_checkpoint(self) -> dict[str, Any] | None:
+        """The newest valid checkpoint, read by rank 0 and sent to every rank."""
         if self.out_dir is None:
             raise CheckpointError("resume needs the run directory (--out)")
+        payload = self._read_latest() if self.parallel.is_main else None
+        return self.parallel.broadcast(payload)
+
+    def _read_latest(self) -> dict[str, Any] | None:
         payload, skipped = load_latest(self.out_dir, self.fingerprint)
         for reason in skipped:
             print(f"warning: skipping checkpoint {reason}", file=sys.stderr)
@@ -176,21 +206,28 @@ class Trainer:
             print(f"no checkpoint in {self.out_dir}: starting from step 0", file=sys.stderr)
         return payload
 
-    def _resumed_state(self, payload: dict[str, Any]) -> RunState:
-        """The loop state of a checkpoint: structure replayed, then weights and state loaded."""
-        model = self._initial_model()
+    def _structure(self, stage: int, grown: bool) -> nn.Module:
+        """A model with the structure after `stage` growth events (still ramping if `grown`):
+        the schedule's growth events replayed on a fresh model. Leaves the RNG as it was."""
+        with torch.random.fork_rng(devices=[]):
+            model = self._initial_model()
         stages = self.spec.growth.stages
-        for index in range(payload["stage"]):
-            stage = stages[index]
-            model = self._grown(model, stage.step, stage, index, verify=False)
-            if index < payload["stage"] - 1 or not payload["grown"]:
+        for index in range(stage):
+            model = self._grown(model, stages[index].step, stages[index], index, verify=False)
+            if index < stage - 1 or not grown:
                 model.set_masks(1.0)
                 model = msgc.fold(model)
+        return model
+
+    def _resumed_state(self, payload: dict[str, Any]) -> RunState:
+        """The loop state of a checkpoint: structure replayed, then weights and state loaded."""
+        model = self._structure(payload["stage"], payload["grown"])
         model.load_state_dict(payload["model"])
         optimizer = build_optimizer(model, self.spec.train)
         optimizer.load_state_dict(payload["optimizer"])
+        model, optimizer = self._sharded(model, optimizer)
         self.precision.scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload["rng"])
+        self._restore_rng(payload)
         self.resumed_from = payload["step"]
         metrics = MetricsLog(self._fresh_metrics_file(payload["metrics"]), payload["metrics"])
         return RunState(model, optimizer, metrics, step=payload["step"], stage=payload["stage"],
@@ -198,12 +235,37 @@ class Trainer:
                         flops=payload["flops"], seconds=payload["seconds"])
 
     def checkpoint(self) -> Path | None:
-        """Write a checkpoint of the state after the last step (run directory only)."""
+        """Write a checkpoint of the state after the last step (run directory only).
+
+        Every rank calls it (the full state and the ranks' RNG states are gathered); rank 0
+        writes the unwrapped model's full state, the full optimizer state and each rank's RNG.
+        """
         if self.out_dir is None:
             return None
-        return write_checkpoint(self.out_dir, self.state.step,
-                                capture(self.state, self.precision.scaler), self.fingerprint,
+        model, optimizer = self._gathered()
+        full = dataclasses.replace(self.state, model=model, optimizer=optimizer)
+        payload = capture(full, self.precision.scaler)
+        rank_rngs = self.parallel.gather_objects(payload["rng"])
+        if not self._writes:
+            return None
+        if self.parallel.distributed:
+            payload["rank_rng"] = rank_rngs
+        return write_checkpoint(self.out_dir, self.state.step, payload, self.fingerprint,
                                 keep=self.spec.train.keep_checkpoints)
+
+    def _fork_rng(self, step: int) -> None:
+        """Give ranks other than 0 their own RNG stream (dropout) from the run's seed."""
+        if self.parallel.rank > 0:
+            torch.manual_seed(rank_seed(self.spec.train.seed, step, self.parallel.rank))
+
+    def _restore_rng(self, payload: dict[str, Any]) -> None:
+        """This rank's RNG state from a checkpoint; a rank the writer did not have forks."""
+        states = payload.get("rank_rng") or [payload["rng"]]
+        if self.parallel.rank < len(states):
+            restore_rng(states[self.parallel.rank])
+        else:
+            restore_rng(payload["rng"])
+            self._fork_rng(payload["step"])
 
     def _checkpoint_due(self, structure_changed: bool) -> bool:
         every = self.spec.train.checkpoint_every
@@ -232,7 +294,7 @@ class Trainer:
         step = state.step
         start = time.perf_counter()
         stage_before, model_before = state.stage, state.model
-        self._advance_ramp(step)
+        events = self._advance_ramp(step)
         growth = self._grow(step, self.stages[step]) if step in self.stages else {}
         loss = self._optimize(step)
         self._synchronize()
@@ -243,10 +305,11 @@ class Trainer:
         row = {
             "step": step, "loss": loss, "time": state.seconds, "tokens": state.tokens,
             "flops": state.flops, "lr": learning_rate(step, train), "stage": state.stage,
-            "mask": self._mask_at(step), "params": count_parameters(state.model), **growth,
+            "mask": self._mask_at(step), "params": count_parameters(state.model), **events,
+            **growth,
         }
         if state.step == train.steps:
-            self._advance_ramp(state.step)  # the last ramp ends with the run: fold
+            row |= self._advance_ramp(state.step)  # the last ramp ends with the run: fold
         if state.step % train.eval_every == 0 or state.step == train.steps:
             row |= _prefixed("val", self.evaluate("val", train.eval_batches))
         if state.step == train.steps:
@@ -267,26 +330,36 @@ class Trainer:
             rows=metrics.rows,
         )
         if self.out_dir is not None:
-            self._write_outputs(result)
+            model = self._gathered()[0]  # every rank takes part in gathering shards
+            if self._writes:
+                self._write_outputs(result, model)
         return result
 
     def evaluate(self, split: str, max_batches: int | None = None) -> Evaluation:
-        """Loss and bits per byte of the current model on `split`."""
+        """Loss and bits per byte of the current model on `split` (every rank evaluates the
+        whole split, so every rank gets the same figures)."""
         return self.task.evaluate(self.state.model, split, max_batches, self.device,
                                   self.precision.autocast)
 
     # --- structure: growth, ramp, fold ----------------------------------------------------
 
-    def _advance_ramp(self, step: int) -> None:
-        """Set the ramping masks for `step`; fold them once they reach 1."""
+    def _advance_ramp(self, step: int) -> dict[str, float]:
+        """Set the ramping masks for `step`; fold them once they reach 1 (then the fold's
+        wall time, re-wrap included, as ``fold_seconds``)."""
         state = self.state
         if state.ramp_start is None:
-            return
+            return {}
         c = self._mask_at(step)
         state.model.set_masks(c)
-        if c == 1.0:
-            state.model = msgc.fold(state.model)
-            state.ramp_start = None
+        if c < 1.0:
+            return {}
+        start = time.perf_counter()
+        model, optimizer = self._gathered()
+        model.set_masks(1.0)
+        state.model, state.optimizer = self._sharded(msgc.fold(model), optimizer)
+        state.ramp_start = None
+        self._rewrap()
+        return {"fold_seconds": time.perf_counter() - start}
 
     def _mask_at(self, step: int) -> float:
         """The ramping masks' value c at `step` (1 when nothing ramps)."""
@@ -295,45 +368,86 @@ class Trainer:
         return min(1.0, (step - self.state.ramp_start) / self.spec.growth.ramp_steps)
 
     def _grow(self, step: int, stage: Stage) -> dict[str, float]:
-        """Grow to `stage`'s sizes, move the optimizer state, check the loss is preserved."""
+        """Grow to `stage`'s sizes, move the optimizer state, check the loss is preserved.
+
+        ``grow_seconds`` is the growth event's wall time (gather, grow, state move, re-wrap),
+        ``wrap_seconds`` its re-wrap (or re-shard) alone.
+        """
         state = self.state
         inputs, targets = (t.to(self.device) for t in self.task.train_batch(
             step * self.spec.train.grad_accum_steps))
         before = self._exact_loss(inputs, targets)
         start = time.perf_counter()
-        old_params = dict(state.model.named_parameters(remove_duplicate=False))
-        grown = self._grown(state.model, step, stage, state.stage, verify=True)
-        state.optimizer = transfer_optimizer(state.optimizer, old_params, grown, grown.origins)
-        state.model, state.ramp_start = grown, step
+        model, optimizer = self._gathered()
+        old_params = dict(model.named_parameters(remove_duplicate=False))
+        grown = self._grown(model, step, stage, state.stage, verify=True)
+        optimizer = transfer_optimizer(optimizer, old_params, grown, grown.origins)
+        wrap_start = time.perf_counter()
+        state.model, state.optimizer = self._sharded(grown, optimizer)
+        self._rewrap()
+        end = time.perf_counter()
+        state.ramp_start = step
         state.stage += 1
-        seconds = time.perf_counter() - start
         after = self._exact_loss(inputs, targets)
-        if not math.isclose(after, before, rel_tol=PRESERVATION_RTOL):
-            raise PreservationError(
-                f"growth at step {step} changed the loss from {before!r} to {after!r} "
-                f"(relative {abs(after - before) / abs(before):.2e} > {PRESERVATION_RTOL:g})"
-            )
-        return {"loss_before": before, "loss_after": after, "grow_seconds": seconds}
+        self._check_preserved(step, before, after)
+        return {"loss_before": before[1], "loss_after": after[1],
+                "grow_seconds": end - start, "wrap_seconds": end - wrap_start}
+
+    def _check_preserved(self, step: int, before: tuple[float, float],
+                         after: tuple[float, float]) -> None:
+        """Raise PreservationError on every rank if the loss moved on any rank."""
+        failed = not math.isclose(after[0], before[0], rel_tol=PRESERVATION_RTOL)
+        failures = self.parallel.count(int(failed))
+        if not failures:
+            return
+        where = (f" on {failures} of {self.parallel.world_size} ranks"
+                 if self.parallel.distributed else "")
+        (_, old), (_, new) = before, after
+        raise PreservationError(
+            f"growth at step {step} changed the loss from {old!r} to {new!r}{where} "
+            f"(relative {abs(new - old) / abs(old):.2e} > {PRESERVATION_RTOL:g})"
+        )
 
     def _grown(self, model: nn.Module, step: int, stage: Stage, index: int,
                verify: bool) -> msgc.GrownModule:
         """`model` grown to `stage` (the `index`-th growth) exactly as the run does it."""
         growth = self.spec.growth
-        example = self.task.train_batch(step * self.spec.train.grad_accum_steps)[0][:2]
+        example = self.task.example_batch(step * self.spec.train.grad_accum_steps)[0]
         return msgc.grow(
             model, (example.to(self.device),), **stage.sizes(), init=growth.init,
             init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
             depth_placement=growth.depth_placement, verify=verify,
         ).to(self.device).train()
 
-    def _exact_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-        """The model's loss on a batch in eval mode (no dropout) and fp32."""
+    def _exact_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+        """The model's loss on this rank's rows of a batch and its mean over all ranks' rows,
+        in eval mode (no dropout) and fp32."""
         model = self.state.model
         model.eval()
         with torch.no_grad():
             loss = float(self.task.loss(model, inputs, targets))
         model.train()
-        return loss
+        scored = int((targets != IGNORE_INDEX).sum())
+        return loss, self.parallel.mean(loss, weight=scored)
+
+    # --- processes: wrapping and sharding ------------------------------------------------
+
+    def _rewrap(self) -> None:
+        """Wrap the current model for forward and backward (DDP; else the model itself)."""
+        self._wrapper = self.state.model  # drop the old wrapper before making a new one
+        self._wrapper = self.parallel.wrap(self.state.model, self.device)
+
+    def _sharded(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                 ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """`model` and `optimizer` sharded under FSDP (else as they are)."""
+        return self.parallel.shard(model, optimizer, self.spec.train, self.device)
+
+    def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The current model and optimizer, unsharded under FSDP (every rank must call)."""
+        state = self.state
+        grown = isinstance(state.model, msgc.GrownModule)
+        return self.parallel.gather(state.model, state.optimizer,
+                                    lambda: self._structure(state.stage, grown), self.spec.train)
 
     # --- one optimizer step --------------------------------------------------------------
 
@@ -344,14 +458,16 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for micro in range(train.grad_accum_steps):
             inputs, targets = self.task.train_batch(step * train.grad_accum_steps + micro)
-            with self.precision.autocast():
-                loss = self.task.loss(model, inputs.to(self.device), targets.to(self.device))
-            loss = loss / train.grad_accum_steps
-            scaler.scale(loss).backward()
+            last = micro == train.grad_accum_steps - 1
+            with self._gradient_sync(last), self.precision.autocast():
+                loss = self._micro_loss(inputs.to(self.device), targets.to(self.device))
+                loss = loss / train.grad_accum_steps
+                scaler.scale(loss).backward()
             total += loss.detach()
-        if not torch.isfinite(total):
+        mean = self.parallel.mean(float(total))
+        if not math.isfinite(mean):
             raise TrainingDivergedError(
-                f"the training loss is {float(total)} at step {step}; stopping. "
+                f"the training loss is {mean} at step {step}; stopping. "
                 f"{self._last_checkpoint_note()} Lower the learning rate or check the data."
             )
         set_learning_rate(optimizer, learning_rate(step, train))
@@ -361,7 +477,20 @@ class Trainer:
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        return float(total)
+        return mean
+
+    def _micro_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """This rank's loss on a micro-batch, through the wrapper. With several processes it is
+        the sum over this rank's scored targets times ``world_size / (all ranks' count)``, so
+        the gradients the wrapper averages are those of the global batch's mean loss."""
+        if not self.parallel.distributed:
+            return self.task.loss(self._wrapper, inputs, targets)
+        scale = self.parallel.sum_scale(targets, IGNORE_INDEX)
+        return self.task.loss(self._wrapper, inputs, targets, reduction="sum") * scale
+
+    def _gradient_sync(self, sync: bool) -> AbstractContextManager:
+        """Backward in the block reduces gradients across ranks only when `sync`."""
+        return self.parallel.gradient_sync(self._wrapper, sync)
 
     def _last_checkpoint_note(self) -> str:
         if self.out_dir is None:
@@ -383,10 +512,11 @@ class Trainer:
 
     # --- outputs -------------------------------------------------------------------------
 
-    def _write_outputs(self, result: RunResult) -> None:
-        """model.safetensors + model.json, summary.json and loss.png in the run directory."""
+    def _write_outputs(self, result: RunResult, model: nn.Module) -> None:
+        """model.safetensors (`model`: the final, unsharded model) + model.json, summary.json
+        and loss.png in the run directory."""
         out = self.out_dir
-        save_model(self.state.model, str(out / "model.safetensors"))
+        save_model(model, str(out / "model.safetensors"))
         final_arch = self.spec.arch_at(self.spec.train.steps)
         (out / "model.json").write_text(json.dumps(final_arch.model_dump(mode="json"), indent=2)
                                         + "\n", encoding="utf-8")
