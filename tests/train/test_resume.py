@@ -39,10 +39,12 @@ def _losses(rows):
     return {row["step"]: row["loss"] for row in rows}
 
 
-@pytest.fixture
-def reference(text_file, cache, tmp_path):
+@pytest.fixture(scope="module")
+def reference(text_file, tmp_path_factory):
+    """The uninterrupted run's loss at every step (computed once for the module)."""
+    folder = tmp_path_factory.mktemp("reference")
     spec = _spec(text_file)
-    return _losses(_trainer(spec, cache, tmp_path / "reference").run().rows)
+    return _losses(_trainer(spec, folder / "cache", folder / "run").run().rows)
 
 
 @pytest.mark.parametrize("stop", [3, 4, 5, 7, 10, 12])  # before/at growth, mid-ramp, fold
