@@ -24,6 +24,7 @@ import importlib
 import inspect
 import json
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -91,9 +92,10 @@ def _rule_error(message: str, field: str = "") -> PydanticCustomError:
 
 
 class _StrictModel(BaseModel):
-    """Base of every spec model: unknown keys are errors and types are not coerced."""
+    """Base of every spec model: unknown keys are errors, types are not coerced, and floats
+    are finite (YAML's ``.inf`` / ``.nan`` and JSON's ``Infinity`` / ``NaN`` are errors)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid")
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class FamilyModelSpec(_StrictModel):
@@ -332,7 +334,9 @@ class TrainSpec(_StrictModel):
     grad_accum_steps: Annotated[int, Field(ge=1)] = Field(
         1, description="Micro-batches per optimizer step."
     )
-    seed: Annotated[int, Field(ge=0)] = Field(0, description="Random seed.")
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = Field(
+        0, description="Random seed (below 2**63: torch's generators take 64 bits)."
+    )
     eval_every: PosInt = Field(100, description="Steps between evaluations.")
     eval_batches: PosInt = Field(8, description="Batches per evaluation.")
     checkpoint_every: PosInt | None = Field(
@@ -389,6 +393,7 @@ class Spec(_StrictModel):
         """Rules that tie the model, growth and train sections together."""
         self._check_schedule_fits_run()
         self._check_stage_sizes()
+        self._check_attention_form()
         if isinstance(self.model, FamilyModelSpec) and self.train.seq_len > self.model.max_seq_len:
             raise _rule_error(
                 f"seq_len ({self.train.seq_len}) is longer than model.max_seq_len "
@@ -437,6 +442,45 @@ class Spec(_StrictModel):
                     f"({kv_heads}); choose heads and kv_heads so that kv_heads divides heads",
                     f"growth.stages[{i}].{field}",
                 )
+
+    def _check_attention_form(self) -> None:
+        """Stages keep the attention's form, as msgc.grow does (checked after the sizes).
+
+        One key/value head per query head (gpt2 and bert always) stays so; a single shared
+        key/value head (MQA) gets no more; grouped heads never lose query heads per group.
+        """
+        if not isinstance(self.model, FamilyModelSpec):
+            return  # a custom model's attention is not known before tracing
+        one_per_query = self.model.family != "llama"
+        sizes = self._initial_sizes()
+        for i, stage in enumerate(self.growth.stages):
+            after = _apply_stage(sizes, stage)
+            named = stage.sizes()
+            heads, kv_heads = sizes["heads"], sizes["kv_heads"]
+            field = f"growth.stages[{i}].kv_heads"
+            if one_per_query or kv_heads == heads:
+                if "kv_heads" in named and after["kv_heads"] != after["heads"]:
+                    raise _rule_error(
+                        f"the attention has one key/value head per query head, and growth "
+                        f"keeps it so: set kv_heads to heads ({after['heads']}) or remove it",
+                        field,
+                    )
+            elif kv_heads == 1:
+                if "kv_heads" in named:
+                    raise _rule_error(
+                        f"the {heads} query heads share one key/value head (MQA), and msgc "
+                        "cannot add key/value heads to it; remove kv_heads, or start the "
+                        "model with kv_heads above 1",
+                        field,
+                    )
+            elif after["heads"] // after["kv_heads"] < heads // kv_heads:
+                raise _rule_error(
+                    f"{after['heads']} heads over {after['kv_heads']} kv_heads would shrink the "
+                    f"{heads // kv_heads} query heads per key/value head; grow heads to at "
+                    f"least {after['kv_heads'] * (heads // kv_heads)}",
+                    f"growth.stages[{i}].heads" if "heads" in named else field,
+                )
+            sizes = after
 
     def _initial_sizes(self) -> dict[str, int]:
         """The sizes at step 0 where known (a custom model's are not)."""
@@ -514,17 +558,19 @@ def _read_document(path: Path) -> Any:
         raise SpecError(f"{path}: no such file; check the path") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SpecError(f"{path}: cannot read the file ({exc})") from None
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SpecError(
-                f"{path}: line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}"
-            ) from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
     try:
+        if path.suffix == ".json":
+            return json.loads(text)
         return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 (a SafeLoader subclass)
+    except json.JSONDecodeError as exc:
+        raise SpecError(
+            f"{path}: line {exc.lineno}, column {exc.colno}: malformed JSON: {exc.msg}"
+        ) from None
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: malformed YAML: {_describe_yaml_error(exc)}") from None
+    except RecursionError:  # both parsers recurse once per level of nesting
+        raise SpecError(f"{path}: malformed {kind}: nested too deeply to read") from None
 
 
 def _describe_yaml_error(exc: yaml.YAMLError) -> str:
@@ -604,9 +650,19 @@ def _did_you_mean(key: str) -> str:
 
 
 def _short_repr(value: Any, limit: int = 60) -> str:
-    """repr(value), cut to `limit` characters."""
-    text = repr(value)
+    """repr(value), cut to `limit` characters.
+
+    Built by a bounded `reprlib.Repr`, so that a huge or alias-expanded ("billion laughs")
+    YAML value is never rendered in full.
+    """
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxlong = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = _REPR.maxfrozenset = 8
 
 
 def spec_json_schema() -> dict[str, Any]:
