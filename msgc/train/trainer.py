@@ -428,6 +428,8 @@ class Trainer:
             loss = float(self.task.loss(model, inputs, targets))
         model.train()
         scored = int((targets != IGNORE_INDEX).sum())
+        if not scored:  # a rank whose MLM rows hold no masked token: nothing to compare
+            loss = 0.0
         return loss, self.parallel.mean(loss, weight=scored)
 
     # --- processes: wrapping and sharding ------------------------------------------------
