@@ -24,9 +24,10 @@ from msgc.train.compare import compare, rescale
 from msgc.train.data import TokenData, prepare_data
 from msgc.train.distributed import MODES, Parallel
 from msgc.train.flops import stage_cost
+from msgc.train.models import vocab_size
 from msgc.train.precision import resolve_device
 from msgc.train.tokenizer import Tokenizer
-from msgc.train.trainer import Trainer, family_model
+from msgc.train.trainer import Trainer
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
 """The bundled spec files (in a source checkout)."""
@@ -241,7 +242,7 @@ def _spec_with_steps(spec: Spec, steps: int | None) -> Spec:
 def _prepare(spec: Spec) -> tuple[Tokenizer, TokenData]:
     """The spec's corpus, tokenizer and token arrays (cached under $MSGC_CACHE)."""
     train = spec.train
-    return prepare_data(train.data, train.tokenizer, family_model(spec).vocab_size)
+    return prepare_data(train.data, train.tokenizer, vocab_size(spec))
 
 
 # --- compare ----------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from msgc.errors import SpecError
 __all__ = [
     "SIZE_KEYS",
     "CustomModelSpec",
+    "HFModelSpec",
     "FamilyModelSpec",
     "GrowthSpec",
     "ModelSpec",
@@ -211,30 +212,55 @@ class CustomModelSpec(_StrictModel):
         return value
 
 
+class HFModelSpec(_StrictModel):
+    """A Hugging Face model: a config built locally from `config`, or a saved model's folder.
+
+    `hf` is a transformers model type (gpt2, llama, bert, mistral, ...) whose config is built
+    from `config` (nothing is downloaded), or the path of a folder written by
+    save_pretrained. The run grows it on the schedule and exports it with save_pretrained.
+    """
+
+    hf: Annotated[str, Field(min_length=1)] = Field(
+        description="A transformers model type (e.g. 'gpt2', 'llama') or a local model folder."
+    )
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Config fields for a model type (ignored for a folder)."
+    )
+    task: Literal["causal", "masked"] = Field(
+        "causal", description="causal: next-token LM head; masked: an MLM head (BERT-like)."
+    )
+
+
+_MODEL_KEYS = {"family": "family", "module": "custom", "hf": "hf"}
+
+
 def _model_kind(data: Any) -> str | None:
     """The tag of the model variant `data` describes (None: not exactly one fits)."""
-    if isinstance(data, FamilyModelSpec):
-        return "family"
-    if isinstance(data, CustomModelSpec):
-        return "custom"
-    if not isinstance(data, dict) or ("family" in data) == ("module" in data):
+    for cls, tag in ((FamilyModelSpec, "family"), (CustomModelSpec, "custom"),
+                     (HFModelSpec, "hf")):
+        if isinstance(data, cls):
+            return tag
+    if not isinstance(data, dict):
         return None
-    return "family" if "family" in data else "custom"
+    tags = [tag for key, tag in _MODEL_KEYS.items() if key in data]
+    return tags[0] if len(tags) == 1 else None
 
 
 ModelSpec = Annotated[
-    Annotated[FamilyModelSpec, Tag("family")] | Annotated[CustomModelSpec, Tag("custom")],
+    Annotated[FamilyModelSpec, Tag("family")] | Annotated[CustomModelSpec, Tag("custom")]
+    | Annotated[HFModelSpec, Tag("hf")],
     Discriminator(
         _model_kind,
         custom_error_type="model_kind",
         custom_error_message=(
-            "needs exactly one of `family` (gpt2, bert or llama) for a reference model "
-            "or `module` ('package.module:factory') for your own model"
+            "needs exactly one of `family` (gpt2, bert or llama) for a reference model, "
+            "`hf` (a transformers model type or a saved model folder) for a Hugging Face "
+            "model, or `module` ('package.module:factory') for your own model"
         ),
     ),
 ]
 """The `model` section: one of the variants, told apart by which key it has."""
-_MODEL_TAGS = ("family", "custom")
+_MODEL_TAGS = ("family", "custom", "hf")
 
 
 class Stage(_StrictModel):
@@ -635,7 +661,8 @@ def _field_path(loc: tuple[str | int, ...], field: str) -> str:
 _ALL_KEYS = sorted(
     {
         key
-        for model in (Spec, FamilyModelSpec, CustomModelSpec, GrowthSpec, Stage, TrainSpec)
+        for model in (Spec, FamilyModelSpec, CustomModelSpec, HFModelSpec, GrowthSpec, Stage,
+                      TrainSpec)
         for key in model.model_fields
     }
 )

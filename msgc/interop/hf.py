@@ -61,23 +61,27 @@ def _has_field(config, name: str) -> bool:
 
 
 def export_hf(folded: fx.GraphModule, like: nn.Module, path: str | Path,
-              example_inputs: tuple | None = None) -> nn.Module:
-    """Build `like`'s HF class at the folded model's sizes, load its weights, save it."""
+              example_inputs: tuple | None = None, prefix: str = "") -> nn.Module:
+    """Build `like`'s HF class at the folded model's sizes, load its weights, save it.
+
+    `prefix`: where the HF model sits in `folded`'s parameter names (e.g. "hf." when it
+    was grown inside a wrapper)."""
     if example_inputs is None:  # the shapes it was grown with: export may have fixed them
         example_inputs = getattr(folded, "example_inputs", None) or (
             torch.randint(0, like.config.vocab_size, (2, 8)),)
     sizes = grown_sizes(folded, example_inputs)
     config = grown_config(like, sizes)
     model = type(like)(config)
-    _load_weights(model, folded)
+    _load_weights(model, folded, prefix)
     _check_logits(model, folded, example_inputs, sizes)
     Path(path).mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     return model
 
 
-def _load_weights(model: nn.Module, folded: fx.GraphModule) -> None:
-    state = {k: v for k, v in folded.state_dict().items() if not k.startswith("msgc_")}
+def _load_weights(model: nn.Module, folded: fx.GraphModule, prefix: str) -> None:
+    state = {k[len(prefix):]: v for k, v in folded.state_dict().items()
+             if k.startswith(prefix) and not k.startswith("msgc_")}
     expected = model.state_dict()
     for name, value in state.items():
         if name in expected and expected[name].shape != value.shape:

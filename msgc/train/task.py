@@ -66,8 +66,10 @@ class Task:
         mlm: bool,
         rank: int = 0,
         world_size: int = 1,
+        pad_eval: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
+        self.pad_eval = pad_eval  # models with a fixed batch size (exported Hugging Face ones)
         self.data = data
         self.batch_size = batch_size
         self.seq_len = seq_len
@@ -137,7 +139,17 @@ class Task:
             batches = itertools.islice(batches, 0, None, max(1, total // max_batches))
             batches = itertools.islice(batches, max_batches)
         for index, (x, y) in enumerate(batches):
-            yield self._masked(x, y, index) if self.mlm else (x, y)
+            x, y = self._masked(x, y, index) if self.mlm else (x, y)
+            yield self._padded(x, y) if self.pad_eval else (x, y)
+
+    def _padded(self, x: torch.Tensor, y: torch.Tensor) -> Batch:
+        """A short last batch filled up to `batch_size` rows whose targets are not scored."""
+        missing = self.batch_size - x.size(0)
+        if missing <= 0:
+            return x, y
+        fill_x = x[:1].expand(missing, -1)  # (missing, T)
+        fill_y = torch.full((missing, y.size(1)), IGNORE_INDEX, dtype=y.dtype)
+        return torch.cat([x, fill_x]), torch.cat([y, fill_y])
 
     def _masked(self, x: torch.Tensor, y: torch.Tensor, index: int) -> Batch:
         """BERT-masked evaluation windows, the same for every run (seeded by `index`)."""

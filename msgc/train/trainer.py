@@ -47,8 +47,10 @@ from tqdm import tqdm
 
 import msgc
 from msgc.errors import CheckpointError, PreservationError, SpecError, TrainingDivergedError
-from msgc.models import build_model, count_parameters
-from msgc.spec import FamilyModelSpec, Spec, Stage
+from msgc.interop.hf import export_hf
+from msgc.interop.hf_models import HFLogits
+from msgc.models import count_parameters
+from msgc.spec import FamilyModelSpec, HFModelSpec, Spec, Stage
 from msgc.train.checkpoint import (
     list_checkpoints,
     load_latest,
@@ -59,6 +61,7 @@ from msgc.train.data import IGNORE_INDEX, TokenData
 from msgc.train.distributed import Parallel, rank_seed
 from msgc.train.flops import stage_cost
 from msgc.train.metrics import MetricsLog
+from msgc.train.models import is_masked_lm, make_model, vocab_size
 from msgc.train.optim import (
     build_optimizer,
     learning_rate,
@@ -71,7 +74,7 @@ from msgc.train.resume import capture, restore_rng
 from msgc.train.task import Evaluation, Task
 from msgc.train.tokenizer import Tokenizer
 
-__all__ = ["PRESERVATION_RTOL", "RunResult", "RunState", "Trainer", "family_model"]
+__all__ = ["PRESERVATION_RTOL", "RunResult", "RunState", "Trainer"]
 
 PRESERVATION_RTOL = 1e-5
 """How far the loss just after a growth may move from the loss just before (relative)."""
@@ -114,14 +117,6 @@ class RunResult:
         return {k: v for k, v in self.__dict__.items() if k != "rows"}
 
 
-def family_model(spec: Spec) -> FamilyModelSpec:
-    """The spec's model section; a custom model (which msgc cannot train yet) is a SpecError."""
-    if not isinstance(spec.model, FamilyModelSpec):
-        raise SpecError("msgc trains the reference families (model.family); a custom model "
-                        "(model.module) cannot be trained by msgc yet")
-    return spec.model
-
-
 class Trainer:
     """Trains `spec` on prepared data; with `out_dir` it writes a run directory.
 
@@ -140,20 +135,28 @@ class Trainer:
         resume: bool = False,
         parallel: Parallel | None = None,
     ) -> None:
-        family = family_model(spec)
+        vocab_size(spec)  # a spec msgc cannot train is refused here
         train = spec.train
+        # torch.export bakes a Hugging Face model's batch size into the grown graph: grow it
+        # with whole batches and pad short evaluation batches
+        self.fixed_batch = isinstance(spec.model, HFModelSpec)
         self.spec = spec
         self.out_dir = out_dir
         self.parallel = parallel or Parallel.single()
+        if self.fixed_batch and self.parallel.world_size > 1:
+            raise SpecError("model.hf: Hugging Face models train in one process for now "
+                            "(their exported graphs fix the batch size); drop --distributed")
         self.progress = progress and self.parallel.is_main
         self.device = self.parallel.device(resolve_device(train.device))
         self.precision = Precision(self.device, train.dtype)
         self.task = Task(tokenizer, data, train.batch_size, train.seq_len, train.seed,
-                         mlm=family.family == "bert", rank=self.parallel.rank,
+                         mlm=is_masked_lm(spec), rank=self.parallel.rank,
+                         pad_eval=self.fixed_batch,
                          world_size=self.parallel.world_size)
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
         self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
-        self.stage_flops = [stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
+        self.stage_flops = ([stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
+                            if isinstance(spec.model, FamilyModelSpec) else None)
         self.fingerprint = spec_fingerprint(spec.to_dict())
         self.resumed_from: int | None = None
         payload = self._latest_checkpoint() if resume else None
@@ -171,7 +174,7 @@ class Trainer:
 
     def _initial_model(self) -> nn.Module:
         torch.manual_seed(self.spec.train.seed)
-        return build_model(self.spec.model).to(self.device).train()
+        return make_model(self.spec).to(self.device).train()
 
     def _fresh_metrics_file(self, rows: list[dict[str, Any]]) -> Path | None:
         """The run directory's spec.yaml and metrics.jsonl, the latter holding `rows` (rank 0
@@ -412,7 +415,8 @@ class Trainer:
                verify: bool) -> msgc.GrownModule:
         """`model` grown to `stage` (the `index`-th growth) exactly as the run does it."""
         growth = self.spec.growth
-        example = self.task.example_batch(step * self.spec.train.grad_accum_steps)[0]
+        rows = self.spec.train.batch_size if self.fixed_batch else 2
+        example = self.task.example_batch(step * self.spec.train.grad_accum_steps, rows)[0]
         return msgc.grow(
             model, (example.to(self.device),), **stage.sizes(), init=growth.init,
             init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
@@ -504,7 +508,10 @@ class Trainer:
                 f"{found[-1].payload.parent}.")
 
     def _flops_per_token(self, step: int) -> int:
-        """Training FLOPs per token of the architecture in force at `step`."""
+        """Training FLOPs per token of the architecture in force at `step` (for models
+        without a reference family: 6 x parameters, embeddings included)."""
+        if self.stage_flops is None:
+            return 6 * count_parameters(self.state.model)
         return self.stage_flops[self.spec.stage_index_at(step)]
 
     def _synchronize(self) -> None:
@@ -520,11 +527,25 @@ class Trainer:
         out = self.out_dir
         save_model(model, str(out / "model.safetensors"))
         final_arch = self.spec.arch_at(self.spec.train.steps)
-        (out / "model.json").write_text(json.dumps(final_arch.model_dump(mode="json"), indent=2)
-                                        + "\n", encoding="utf-8")
+        if isinstance(final_arch, FamilyModelSpec):
+            (out / "model.json").write_text(
+                json.dumps(final_arch.model_dump(mode="json"), indent=2) + "\n",
+                encoding="utf-8")
+        if isinstance(self.spec.model, HFModelSpec):
+            self._export_hf(model, out / "hf")
         (out / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n",
                                           encoding="utf-8")
         plot_runs({self.spec.name: result.rows}, out / "loss.png", title=self.spec.name)
+
+
+    def _export_hf(self, model: nn.Module, path: Path) -> None:
+        """The final model of a Hugging Face run as a save_pretrained checkpoint."""
+        if isinstance(model, HFLogits):  # never grown: the HF model itself
+            model.hf.save_pretrained(path)
+            return
+        torch.manual_seed(self.spec.train.seed)
+        like = make_model(self.spec).hf
+        export_hf(model, like, path, prefix="hf.")
 
 
 def _prefixed(prefix: str, evaluation: Evaluation) -> dict[str, float]:

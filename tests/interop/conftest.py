@@ -1,0 +1,22 @@
+"""Fixtures shared by the training tests: a small text file and a private cache."""
+
+from pathlib import Path
+
+import pytest
+
+from msgc.train.corpus import load_corpus
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 kB of Shakespeare: val and test splits of 2 kB each."""
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(load_corpus("shakespeare")["train"][:40_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private MSGC_CACHE for the test."""
+    monkeypatch.setenv("MSGC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -1,0 +1,46 @@
+"""A spec naming a Hugging Face model: trained on its growth schedule, exported at the end."""
+
+import pytest
+import torch
+
+from msgc.spec import parse_spec
+from msgc.train.data import prepare_data
+from msgc.train.trainer import Trainer
+
+transformers = pytest.importorskip("transformers")
+
+
+def test_hf_gpt2_spec_grows_trains_and_exports(text_file, cache, tmp_path):
+    spec = parse_spec({
+        "name": "hf-gpt2",
+        "model": {"hf": "gpt2", "config": {"vocab_size": 260, "n_positions": 32, "n_embd": 16,
+                                           "n_layer": 2, "n_head": 2, "bos_token_id": 0,
+                                           "eos_token_id": 0}},
+        "growth": {"ramp_steps": 2, "stages": [{"step": 3, "hidden": 32, "heads": 4},
+                                               {"step": 6, "ffn": 96, "layers": 3}]},
+        "train": {"steps": 9, "batch_size": 4, "seq_len": 16, "eval_every": 3,
+                  "eval_batches": 2, "tokenizer": "byte", "data": str(text_file)},
+    })
+    tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+    trainer = Trainer(spec, tokenizer, data, tmp_path / "run", progress=False)
+    result = trainer.run()
+    growth_rows = [row for row in result.rows if "loss_before" in row]
+    assert len(growth_rows) == 2
+    for row in growth_rows:
+        assert row["loss_after"] == pytest.approx(row["loss_before"], rel=1e-5)
+    exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "run" / "hf").eval()
+    assert (exported.config.n_embd, exported.config.n_layer) == (32, 3)
+    ids = torch.randint(0, 260, (2, 16))
+    final = trainer.state.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported(ids).logits, final(ids), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_spec_with_unknown_model_type_is_a_spec_error(text_file, cache):
+    from msgc.errors import SpecError
+    from msgc.train.models import vocab_size
+
+    spec = parse_spec({"name": "x", "model": {"hf": "no-such-model-type"},
+                       "train": {"steps": 4, "data": str(text_file)}})
+    with pytest.raises(SpecError, match="model.hf"):
+        vocab_size(spec)
