@@ -1,9 +1,33 @@
-"""Test set-up. TRITON_INTERPRET must be set before any Triton kernel is decorated."""
+"""Test set-up and shared fixtures.
+
+TRITON_INTERPRET must be set before any Triton kernel is decorated, so before msgc is
+imported.
+"""
 
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from msgc.train.corpus import load_corpus  # noqa: E402
+
 torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 kB of Shakespeare: val and test splits of 2 kB each."""
+    path = tmp_path_factory.mktemp("corpus") / "plays.txt"
+    path.write_text(load_corpus("shakespeare")["train"][:40_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private MSGC_CACHE for the test."""
+    monkeypatch.setenv("MSGC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
