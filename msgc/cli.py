@@ -220,6 +220,7 @@ def _train(spec: Spec, args: argparse.Namespace, parallel: Parallel) -> int:
     if trainer.resumed_from is not None and parallel.is_main:
         print(f"resuming {out} at step {trainer.resumed_from}", file=sys.stderr)
     result = trainer.run()
+    parallel.wait_all()
     if not parallel.is_main:
         return 0
     print(f"{spec.name}: {result.steps} steps in {result.wall_seconds:.1f} s, "

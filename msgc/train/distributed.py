@@ -104,6 +104,11 @@ class Parallel:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
 
+    def wait_all(self) -> None:
+        """Block until every rank gets here (so none tears down gloo while rank 0 writes)."""
+        if self.distributed:
+            dist.barrier()
+
     # --- reductions ------------------------------------------------------------------------
 
     def mean(self, value: float, weight: float = 1.0) -> float:
