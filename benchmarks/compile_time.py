@@ -49,7 +49,7 @@ def measure(layers: int, d: int, vocab: int) -> dict:
                       layers=2 * layers)
     grow_s = time.perf_counter() - start
     rss_after = peak_rss_mb()
-    grown_params = msgc.parameter_count(grown)
+    grown_params = msgc.count_parameters(grown)
     del grown
     gc.collect()
     start = time.perf_counter()
@@ -59,7 +59,7 @@ def measure(layers: int, d: int, vocab: int) -> dict:
     return {
         "layers": layers,
         "grown_layers": 2 * layers,
-        "small_params": msgc.parameter_count(small),
+        "small_params": msgc.count_parameters(small),
         "grown_params": grown_params,
         "grow_seconds": grow_s,
         "scratch_build_seconds": scratch_s,

@@ -1,6 +1,6 @@
 """msgc: a model-graph compiler for Masked Structural Growth (MSG) of Transformers."""
 
-from msgc.compiler import GrownModule, analyze, fold, fuse, grow, parameter_count
+from msgc.compiler import GrownModule, analyze, fold, fuse, grow
 from msgc.errors import (
     CheckpointError,
     DataError,
@@ -10,7 +10,7 @@ from msgc.errors import (
     PreservationError,
     SpecError,
 )
-from msgc.models import build_model
+from msgc.models import build_model, count_parameters
 from msgc.spec import load_spec, parse_spec
 
 __all__ = [
@@ -24,11 +24,11 @@ __all__ = [
     "SpecError",
     "analyze",
     "build_model",
+    "count_parameters",
     "fold",
     "fuse",
     "grow",
     "load_spec",
-    "parameter_count",
     "parse_spec",
 ]
 __version__ = "0.1.0"

@@ -106,7 +106,7 @@ def grow(
     groups = find_groups(analysis)
     targets = {k: v for k, v in dict(hidden=hidden, ffn=ffn, heads=heads, kv_heads=kv_heads,
                                      layers=layers).items() if v is not None}
-    record = GrowthRecord(targets=targets, before=_sizes(gm, analysis, groups))
+    record = GrowthRecord(targets=targets, before=measured_sizes(gm, analysis, groups))
     plan = plan_sizes(analysis, groups, hidden=hidden, ffn=ffn, heads=heads, kv_heads=kv_heads)
     origins = widen_parameters(gm, plan, init, init_std, seed)
     rewrite_sizes(plan)
@@ -175,7 +175,8 @@ def _class_name(gm: nn.Module) -> str:
     return name if name.isidentifier() and name != "GraphModuleImpl" else "GrownModel"
 
 
-def _sizes(gm: fx.GraphModule, a: Analysis, groups: Groups) -> dict[str, int]:
+def measured_sizes(gm: fx.GraphModule, a: Analysis, groups: Groups) -> dict[str, int]:
+    """hidden / ffn / heads / kv_heads / layers of an analysed graph (first block's)."""
     sizes = {}
     if groups.hidden is not None:
         sizes["hidden"] = a.atoms.size(groups.hidden)
@@ -202,10 +203,3 @@ def _grown_sizes(before: dict[str, int], targets: dict[str, int]) -> dict[str, i
     ):
         after["kv_heads"] = targets["heads"]
     return after
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Unique parameters (tied weights once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-
-

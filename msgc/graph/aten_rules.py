@@ -11,7 +11,7 @@ import torch
 import torch.fx as fx
 
 from msgc.graph.dims import Analysis
-from msgc.graph.rules import _TABLE, broadcast, rule_new_factory
+from msgc.graph.rules import RULES, broadcast, rule_new_factory
 
 aten = torch.ops.aten
 _FULL = (None, 0)
@@ -72,10 +72,10 @@ _COMPARE = [aten.__and__.Tensor, aten.__or__.Tensor, aten.eq.Tensor, aten.eq.Sca
             aten.bitwise_not.default, aten.bitwise_and.Tensor, aten.bitwise_or.Tensor]
 
 for _target in _COMPARE:
-    _TABLE[_target] = rule_compare
-_TABLE[aten.slice.Tensor] = rule_slice
-_TABLE[aten.index.Tensor] = rule_index
-_TABLE[aten.diff.default] = rule_gather_like
-_TABLE[aten.gather.default] = rule_gather_like
-_TABLE[aten.new_ones.default] = rule_new_factory
-_TABLE[aten.new_zeros.default] = rule_new_factory
+    RULES[_target] = rule_compare
+RULES[aten.slice.Tensor] = rule_slice
+RULES[aten.index.Tensor] = rule_index
+RULES[aten.diff.default] = rule_gather_like
+RULES[aten.gather.default] = rule_gather_like
+RULES[aten.new_ones.default] = rule_new_factory
+RULES[aten.new_zeros.default] = rule_new_factory

@@ -838,7 +838,7 @@ _NEW_FACTORY = ["new_ones", "new_zeros", "new_empty", "new_full"]
 _LIKE = [torch.ones_like, torch.zeros_like, torch.full_like, torch.empty_like,
          aten.ones_like.default, aten.zeros_like.default, aten.full_like.default]
 
-_TABLE: dict = {}
+RULES: dict = {}
 for _targets, _rule in (
     (_ADD, rule_add), (_MUL, rule_mul), (_DIV, rule_div), (_ZERO_UNARY, rule_zero_unary),
     (_UNARY, rule_unary), (_POW, rule_pow), (_VIEW, rule_view), (_FLATTEN, rule_flatten),
@@ -871,7 +871,7 @@ for _targets, _rule in (
     ([torch.where, aten.where.self], rule_where),
 ):
     for _target in _targets:
-        _TABLE[_target] = _rule
+        RULES[_target] = _rule
 
 _MODULE_RULES = {nn.Dropout: rule_zero_unary, AttentionDropout: rule_attention_module}
 
@@ -881,5 +881,5 @@ def rule_for(a: Analysis, node: fx.Node):
     if node.op == "call_module":
         module = a.gm.get_submodule(node.target)
         return _MODULE_RULES.get(type(module))
-    return _TABLE.get(node.target)
+    return RULES.get(node.target)
 

@@ -14,6 +14,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from msgc.compiler import measured_sizes
 from msgc.errors import GrowthError
 from msgc.graph.dims import analyze_graph
 from msgc.graph.plan import find_groups
@@ -32,11 +33,9 @@ CONFIG_FIELDS = {
 
 def grown_sizes(folded: fx.GraphModule, example_inputs: tuple) -> dict[str, int]:
     """hidden / ffn / heads / kv_heads / layers of a (folded) msgc graph, by analysis."""
-    from msgc.compiler import _sizes
-
     propagate_shapes(folded, example_inputs)
     analysis = analyze_graph(folded)
-    return _sizes(folded, analysis, find_groups(analysis))
+    return measured_sizes(folded, analysis, find_groups(analysis))
 
 
 def grown_config(like: nn.Module, sizes: dict[str, int]):

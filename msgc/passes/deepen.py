@@ -15,7 +15,7 @@ import torch.nn as nn
 from msgc import ops
 from msgc.errors import GraphError, GrowthError
 from msgc.graph.blocks import Blocks, find_blocks
-from msgc.passes.masks import MASKS, _bank
+from msgc.passes.masks import MASKS, mask_bank
 from msgc.passes.widen import ParamOrigin
 
 
@@ -33,7 +33,7 @@ def deepen(gm: fx.GraphModule, layers: int, placement: str, init: str, init_std:
         return origins
     sources = [k % old for k in range(layers - old)]
     order = _placement(old, sources, placement)
-    _bank(gm)
+    mask_bank(gm)
     gate = gm.graph.get_attr(f"{MASKS}.value")
     gate.meta["nn_module_stack"] = {}
     _move_to_front(gm, gate)

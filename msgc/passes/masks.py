@@ -60,7 +60,7 @@ class MaskSites:
         self.gm, self.plan, self.a = gm, plan, plan.analysis
         self.memo: dict[Dim, bool] = {}
         self.sites: list[Dim] = []
-        self.bank = _bank(gm)
+        self.bank = mask_bank(gm)
         self.mask_names: dict[tuple, str] = {}
 
     # --- where -------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class MaskSites:
         return len(self.sites)
 
 
-def _bank(gm: fx.GraphModule) -> MaskBank:
+def mask_bank(gm: fx.GraphModule) -> MaskBank:
     if not hasattr(gm, MASKS):
         gm.add_submodule(MASKS, MaskBank())
     return getattr(gm, MASKS)

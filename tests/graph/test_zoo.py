@@ -71,7 +71,7 @@ def test_grow(name: str, case: str) -> None:
     assert torch.equal(outputs(model, inputs), expected)
 
     # it did grow
-    assert msgc.parameter_count(grown) > msgc.parameter_count(model)
+    assert msgc.count_parameters(grown) > msgc.count_parameters(model)
 
     # sizes recorded
     for key, value in targets(variant, case).items():
