@@ -13,31 +13,11 @@ from msgc.kernels import (
     masked_swiglu_reference,
     masked_swiglu_triton,
 )
-from msgc.kernels._triton import triton_runnable
+from tests.kernels.cases import DEVICE, DTYPES, make_mask
 
 ml = importlib.import_module("msgc.kernels.masked_linear")
 
-# The comparisons run where the compiled kernels run: CUDA when the suite is started with
-# TRITON_INTERPRET=0 on a GPU machine, else the CPU under the interpreter.
-DEVICE = "cuda" if triton_runnable("cuda") else "cpu"
-
 ACTS = [None, "gelu", "gelu_tanh", "silu", "relu"]
-# (dtype, factor, atol): the kernel's error against fp64 may be at most `factor` times the
-# error of the same-dtype torch reference, plus atol * max|reference|.
-DTYPES = [
-    pytest.param(torch.float32, 3.0, 1e-5, id="fp32"),
-    pytest.param(torch.float16, 3.0, 2e-3, id="fp16"),
-    pytest.param(torch.bfloat16, 3.0, 1e-2, id="bf16"),
-]
-
-
-def make_mask(n: int, gen: torch.Generator) -> torch.Tensor:
-    """Exact zeros, exact ones and values in between."""
-    m = torch.rand(n, generator=gen, dtype=torch.float64) * 0.9 + 0.05
-    m[: n // 4] = 0.0
-    m[n // 4 : n // 2] = 1.0
-    return m[torch.randperm(n, generator=gen)]
-
 
 def make_inputs(lead, n, k, dtype, bias=True, seed=0):
     gen = torch.Generator().manual_seed(seed)
