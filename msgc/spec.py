@@ -272,6 +272,10 @@ class Stage(_StrictModel):
     heads: PosInt | None = Field(None, description="New number of query heads.")
     kv_heads: PosInt | None = Field(None, description="New number of key/value heads.")
     layers: PosInt | None = Field(None, description="New number of blocks.")
+    lr_scale: PosFloat | None = Field(
+        None, description="Learning-rate multiplier from this growth on (unset: keep the "
+        "previous one); it moves there with the masks over the ramp."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -315,6 +319,10 @@ class GrowthSpec(_StrictModel):
     depth_placement: Literal["stack", "interleave"] = Field(
         "stack", description="Where new blocks go: on top, or each after its source."
     )
+    lr_scale: PosFloat = Field(
+        1.0, description="Learning-rate multiplier of the starting model (smaller models "
+        "train well at a higher rate); stages may change it."
+    )
     stages: list[Stage] = Field(default_factory=list, description="Growth events, in order.")
 
     @model_validator(mode="after")
@@ -337,6 +345,13 @@ class GrowthSpec(_StrictModel):
                     f"stages[{i}].step",
                 )
         return self
+
+    def lr_scales(self) -> list[float]:
+        """The learning-rate multiplier in force after 0, 1, ... growth events."""
+        scales = [self.lr_scale]
+        for stage in self.stages:
+            scales.append(scales[-1] if stage.lr_scale is None else stage.lr_scale)
+        return scales
 
 
 class TrainSpec(_StrictModel):

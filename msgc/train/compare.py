@@ -40,11 +40,12 @@ STRETCHES = (1.25, 1.5, 2.0)
 
 
 def scratch_spec(spec: Spec) -> Spec:
-    """`spec`'s final architecture with no growth, the same training run."""
+    """`spec`'s final architecture with no growth, the same training run (at the final
+    stage's learning-rate multiplier)."""
     data = spec.to_dict()
     data["name"] = f"{spec.name}-scratch"
     data["model"] = spec.arch_at(spec.train.steps).model_dump(mode="json")
-    data["growth"] = {**data["growth"], "stages": []}
+    data["growth"] = {**data["growth"], "stages": [], "lr_scale": spec.growth.lr_scales()[-1]}
     return parse_spec(data, source=f"{spec.name} (scratch)")
 
 

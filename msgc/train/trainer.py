@@ -307,7 +307,7 @@ class Trainer:
         state.flops += self._flops_per_token(step) * self.tokens_per_step
         row = {
             "step": step, "loss": loss, "time": state.seconds, "tokens": state.tokens,
-            "flops": state.flops, "lr": learning_rate(step, train), "stage": state.stage,
+            "flops": state.flops, "lr": self._learning_rate(step), "stage": state.stage,
             "mask": self._mask_at(step), "params": count_parameters(state.model), **events,
             **growth,
         }
@@ -476,7 +476,7 @@ class Trainer:
                 f"the training loss is {mean} at step {step}; stopping. "
                 f"{self._last_checkpoint_note()} Lower the learning rate or check the data."
             )
-        set_learning_rate(optimizer, learning_rate(step, train))
+        set_learning_rate(optimizer, self._learning_rate(step))
         if train.grad_clip:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -484,6 +484,16 @@ class Trainer:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return mean
+
+    def _learning_rate(self, step: int) -> float:
+        """The schedule's rate at `step` times the growth stage's multiplier, which moves
+        from the previous stage's to the current one's with the masks during a ramp."""
+        scales = self.spec.growth.lr_scales()
+        scale = scales[self.state.stage]
+        if self.state.ramp_start is not None:
+            previous = scales[self.state.stage - 1]
+            scale = previous + self._mask_at(step) * (scale - previous)
+        return learning_rate(step, self.spec.train) * scale
 
     def _micro_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """This rank's loss on a micro-batch, through the wrapper. With several processes it is

@@ -144,6 +144,21 @@ def test_rescale_and_scratch_spec(text_file: Path) -> None:
     assert scratch.train == spec.train
 
 
+def test_learning_rate_multiplier_moves_with_the_masks(text_file: Path, cache: Path) -> None:
+    stages = [{"step": 4, "hidden": 48, "heads": 3, "lr_scale": 1.5}, {"step": 8, "ffn": 96}]
+    spec = make_spec(text_file, stages=stages, schedule="constant", lr=0.01, warmup_steps=0)
+    spec.growth.lr_scale = 3.0
+    assert spec.growth.lr_scales() == [3.0, 1.5, 1.5]  # the second stage keeps the first's
+    trainer, result = run(spec, cache)
+    lrs = [row["lr"] for row in result.rows]
+    # start x3; over the 3-step ramp from step 4 the masks go 0, 1/3, 2/3 and so does the
+    # multiplier, from 3 to 1.5; then x1.5
+    expected = [0.03] * 5 + [0.025, 0.02] + [0.015] * 5
+    assert lrs == pytest.approx(expected)
+    assert trainer.state.optimizer.param_groups[0]["lr"] == pytest.approx(0.015)
+    assert scratch_spec(spec).growth.lr_scales() == [1.5]  # scratch trains at the final rate
+
+
 def test_compare_writes_the_report(text_file: Path, cache: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     spec_path = tmp_path / "tiny.yaml"
