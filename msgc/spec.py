@@ -151,6 +151,13 @@ class FamilyModelSpec(_StrictModel):
                 f"type_vocab_size is for bert only, not {self.family}; remove it",
                 "type_vocab_size",
             )
+        if self.family != "llama" and self.kv_heads not in (None, self.heads):
+            raise _rule_error(
+                f"{self.family} has one key/value head per query head, so kv_heads "
+                f"({self.kv_heads}) must equal heads ({self.heads}); remove kv_heads, or use "
+                "family llama for grouped-query attention",
+                "kv_heads",
+            )
         if self.head_dim is None and self.hidden % self.heads:
             raise _rule_error(
                 f"hidden ({self.hidden}) is not a multiple of heads ({self.heads}), so "

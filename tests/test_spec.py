@@ -71,6 +71,7 @@ def stages(d: dict) -> list[dict]:
 
 BAD_SPECS: list[tuple[str, Callable[[dict], Any], str]] = [
     ("kv_heads divides heads", lambda d: model(d).update(kv_heads=3), "model.kv_heads"),
+    ("gpt2 has no grouped kv heads", lambda d: model(d).update(kv_heads=1), "model.kv_heads"),
     ("head_dim defaults need hidden % heads", lambda d: model(d).update(hidden=33),
      "model.head_dim"),
     ("llama needs silu", lambda d: model(d).update(family="llama", activation="gelu"),
@@ -205,11 +206,13 @@ def test_family_defaults_are_resolved(family: str, expected: dict[str, Any]) -> 
 def test_explicit_values_beat_family_defaults() -> None:
     data = mutated(lambda d: model(d).update(
         family="bert", tie_embeddings=False, norm_eps=1e-6, activation="relu",
-        type_vocab_size=3, head_dim=8, kv_heads=1))
+        type_vocab_size=3, head_dim=8))
     m = parse_spec(data).model
     assert (m.tie_embeddings, m.norm_eps, m.activation, m.type_vocab_size) == (
         False, 1e-6, "relu", 3)
-    assert (m.head_dim, m.kv_heads) == (8, 1)
+    assert m.head_dim == 8
+    llama = parse_spec(mutated(lambda d: model(d).update(family="llama", kv_heads=1))).model
+    assert (llama.heads, llama.kv_heads) == (2, 1)
 
 
 def test_head_dim_is_free_of_hidden() -> None:

@@ -29,7 +29,8 @@ from hypothesis import strategies as st
 
 import msgc
 from msgc.errors import GrowthError, SpecError
-from msgc.models import build_model, count_parameters
+from msgc.models import ModelConfig, build_model, count_parameters
+from msgc.models.llama import Llama
 from msgc.spec import SIZE_KEYS, load_spec, parse_spec
 from msgc.train.corpus import load_corpus
 from msgc.train.data import prepare_data
@@ -106,14 +107,15 @@ def valid_specs(draw, min_stages: int = 0) -> dict[str, Any]:
     kv_heads = heads
     if family == "llama":
         kv_heads = draw(st.sampled_from([d for d in range(1, heads + 1) if heads % d == 0]))
-    head_dim = draw(st.sampled_from([2, 4, 6, 8]))
+    rope = family == "llama"  # RoPE rotates pairs: llama's head_dim is even
+    head_dim = draw(st.sampled_from([2, 4, 6, 8] if rope else [2, 3, 4, 5, 6, 8]))
     hidden = draw(st.integers(4, 24))
     model: dict[str, Any] = {
         "family": family, "vocab_size": VOCAB, "max_seq_len": draw(st.integers(4, 16)),
         "hidden": hidden, "heads": heads, "ffn": draw(st.integers(4, 24)),
         "layers": draw(st.integers(1, 2)),
     }
-    if hidden % heads == 0 and (hidden // heads) % 2 == 0 and draw(st.booleans()):
+    if hidden % heads == 0 and not (rope and (hidden // heads) % 2) and draw(st.booleans()):
         head_dim = hidden // heads  # the default
     else:
         model["head_dim"] = head_dim
@@ -723,14 +725,19 @@ def _tiny(model: dict[str, Any], stages: list[dict[str, Any]]) -> dict[str, Any]
             "train": {"steps": 4, "seq_len": 8, "tokenizer": "byte", "data": "corpus.txt"}}
 
 
-@pytest.mark.xfail(strict=True, raises=SpecError,
-                   reason="msgc.models.common.ModelConfig requires an even head_dim for every "
-                          "family, though only llama's RoPE needs one")
 @pytest.mark.parametrize("family", ["gpt2", "bert"])
 def test_odd_head_dim_builds_outside_llama(family: str) -> None:
     spec = parse_spec(_tiny({"family": family, "hidden": 6, "heads": 2}, []))
     assert spec.model.head_dim == 3
-    build_model(spec.model)
+    assert build_model(spec.model)(torch.zeros(1, 8, dtype=torch.long)).shape == (1, 8, VOCAB)
+
+
+def test_odd_head_dim_is_refused_for_llama() -> None:
+    with pytest.raises(SpecError, match="model.head_dim"):
+        parse_spec(_tiny({"family": "llama", "hidden": 6, "heads": 2}, []))
+    with pytest.raises(SpecError, match="RoPE"):
+        Llama(ModelConfig(vocab_size=VOCAB, max_seq_len=8, hidden=6, heads=2, kv_heads=2,
+                          head_dim=3, ffn=8, layers=1))
 
 
 @pytest.mark.xfail(strict=True, raises=GrowthError,

@@ -41,9 +41,6 @@ class ModelConfig:
         if self.heads % self.kv_heads:
             raise SpecError(f"model.heads ({self.heads}) must be a multiple of "
                             f"model.kv_heads ({self.kv_heads})")
-        if self.head_dim % 2:
-            raise SpecError(f"model.head_dim must be even (RoPE rotates pairs), "
-                            f"got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise SpecError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.activation not in ACTIVATIONS:

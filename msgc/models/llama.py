@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from msgc.errors import SpecError
 from msgc.models.common import ModelConfig, init_residual, init_weights
 
 
@@ -99,6 +100,9 @@ class Llama(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.head_dim % 2:
+            raise SpecError(f"model.head_dim must be even for llama (RoPE rotates pairs), "
+                            f"got {cfg.head_dim}")
         self.config = cfg
         self.model = nn.ModuleDict(dict(
             embed_tokens=nn.Embedding(cfg.vocab_size, cfg.hidden),
