@@ -36,7 +36,7 @@ Subparsers = Any  # argparse's private _SubParsersAction
 SI_PREFIXES = (("Z", 1e21), ("E", 1e18), ("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6),
                ("k", 1e3))
 INFO_COLUMNS = ("stage", "step", "hidden", "ffn", "heads", "kv_heads", "head_dim", "layers",
-                "params", "train FLOPs/token")
+                "params", "train FLOPs/token", "lr x")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,12 +115,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     archs = spec.stage_archs()
     if not isinstance(spec.model, FamilyModelSpec):
         print(f"{spec.name}: {spec.model.module}, {spec.train.steps} steps")
-        rows = [_stage_cells(i, step, arch) for i, (step, arch) in enumerate(archs)]
+        rows = [_stage_cells(spec, i, step, arch) for i, (step, arch) in enumerate(archs)]
         print(_format_table(INFO_COLUMNS, rows))
         return 0
     costs = [stage_cost(arch, spec.train.seq_len) for _, arch in archs]
     rows = [
-        _stage_cells(i, step, arch.sizes() | {"head_dim": arch.head_dim})
+        _stage_cells(spec, i, step, arch.sizes() | {"head_dim": arch.head_dim})
         | {"params": _si(params), "train FLOPs/token": _si(flops)}
         for i, ((step, arch), (params, flops)) in enumerate(zip(archs, costs, strict=True))
     ]
@@ -130,9 +130,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stage_cells(index: int, step: int, sizes: dict[str, int]) -> dict[str, str]:
-    """The stage, step and size cells of one table row."""
-    return {"stage": str(index), "step": str(step)} | {k: str(v) for k, v in sizes.items()}
+def _stage_cells(spec: Spec, index: int, step: int, sizes: dict[str, int]) -> dict[str, str]:
+    """The stage, step, size and learning-rate multiplier cells of one table row."""
+    return ({"stage": str(index), "step": str(step)} | {k: str(v) for k, v in sizes.items()}
+            | {"lr x": f"{spec.growth.lr_scales()[index]:g}"})
 
 
 def _compute_summary(spec: Spec, flops_per_token: list[int]) -> str:

@@ -110,6 +110,8 @@ def test_info_values(capsys: pytest.CaptureFixture[str]) -> None:
     assert last[:8] == ["3", "1000", "256", "1024", "4", "4", "64", "4"]
     full = build_model(load_spec(GPT_TINY).arch_at(1000))
     assert last[8] == f"{count_parameters(full) / 1e6:.3g}M"
+    assert [row[-1] for row in info_rows(out)] == [
+        f"{scale:g}" for scale in load_spec(GPT_TINY).growth.lr_scales()]
 
 
 def test_info_custom_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
