@@ -1,0 +1,133 @@
+"""Schedule study: one spec's MSG schedule in several variants against scratch, by quality.
+
+Each variant is the base spec with some fields changed (learning-rate multipliers, ramp,
+final architecture, ...); each runs as its own `msgc train --steps N` process with one
+thread, two at a time, so the figures to read are test bits per byte and FLOPs (both
+independent of machine load); wall times are printed but shared the machine. The gap is
+each run's test bpb against the `scratch` variant's (the spec's final architecture, no
+growth). JSON to benchmarks/results/schedule-study-<spec>-<steps>.json.
+
+    python benchmarks/schedule_study.py [--spec specs/gpt-tiny.yaml] [--steps 800]
+        [--only NAME ...]
+"""
+
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from msgc.spec import load_spec
+from msgc.train.compare import scratch_spec
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def with_lr_scales(scales):
+    """A change setting the starting and each stage's learning-rate multiplier."""
+    def change(spec):
+        spec["growth"]["lr_scale"] = scales[0]
+        for stage, scale in zip(spec["growth"]["stages"], scales[1:], strict=True):
+            stage["lr_scale"] = scale
+    return change
+
+
+def final_with(**sizes):
+    """A change to the model sizes (the scratch variants: another final architecture)."""
+    def change(spec):
+        spec["model"].update(sizes)
+    return change
+
+
+LR_SCALES = {  # the starting model's multiplier, then each stage's
+    "lr x1": [1.0, 1.0, 1.0, 1.0],
+    "lr x2 first stage": [2.0, 1.0, 1.0, 1.0],
+    "lr x2/1.5/1.25": [2.0, 1.5, 1.25, 1.0],
+    "lr x2/2/1.5": [2.0, 2.0, 1.5, 1.0],
+    "lr x2/2/2": [2.0, 2.0, 2.0, 1.0],
+    "lr x3/3/3": [3.0, 3.0, 3.0, 1.0],
+    "lr x3/2/1.5": [3.0, 2.0, 1.5, 1.0],
+}
+
+
+def half_ramp(spec):
+    """A change to one learning rate throughout and half the ramp."""
+    with_lr_scales(LR_SCALES["lr x1"])(spec)
+    spec["growth"]["ramp_steps"] //= 2
+
+
+VARIANTS = {
+    "scratch": ("the final architecture from scratch", None),
+    "scratch-2-layers": ("final width, FFN, heads, but 2 layers, from scratch",
+                         final_with(layers=2)),
+    "scratch-lr-x2": ("the final architecture from scratch at twice the lr",
+                      lambda s: s["train"].update(lr=2 * s["train"]["lr"])),
+    **{name: (f"MSG, lr multipliers {scales}", with_lr_scales(scales))
+       for name, scales in LR_SCALES.items()},
+    "ramp / 2": ("MSG, lr x1, half the ramp", half_ramp),
+}
+
+
+def variant_spec(base, name):
+    """The spec dict of variant `name`."""
+    _, change = VARIANTS[name]
+    if name.startswith("scratch"):
+        spec = scratch_spec(base).to_dict()
+    else:
+        spec = base.to_dict()
+    spec = copy.deepcopy(spec)
+    if change is not None:
+        change(spec)
+    spec["name"] = name.replace(" ", "_").replace("/", "-")
+    return spec
+
+
+def train(spec, steps, workdir):
+    """Run `msgc train` on `spec` in a one-thread subprocess; its summary.json."""
+    path = Path(workdir) / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = Path(workdir) / spec["name"]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "msgc", "train", str(path), "--out", str(out),
+                           "--steps", str(steps)], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"{spec['name']} failed:\n{done.stderr[-2000:]}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", type=Path, default=Path("specs/gpt-tiny.yaml"))
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    args = parser.parse_args()
+    base = load_spec(args.spec)
+    names = sorted(set(args.only) | {"scratch"})
+    with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(2) as pool:
+        summaries = dict(zip(names, pool.map(
+            lambda n: train(variant_spec(base, n), args.steps, workdir), names), strict=True))
+    reference = summaries["scratch"]
+    runs = {
+        name: {"what": VARIANTS[name][0], **summary,
+               "speedup_flops": reference["flops"] / summary["flops"],
+               "bpb_gap": summary["test_bpb"] / reference["test_bpb"] - 1}
+        for name, summary in summaries.items()
+    }
+    for name, run in runs.items():
+        print(f"{name:20s} FLOPs {run['flops'] / 1e12:6.2f}T  x{run['speedup_flops']:.2f}  "
+              f"test bpb {run['test_bpb']:.4f}  gap {100 * run['bpb_gap']:+.2f}%")
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"schedule-study-{base.name}-{args.steps}.json"
+    path.write_text(json.dumps({"spec": base.name, "steps": args.steps, "runs": runs},
+                               indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
