@@ -45,12 +45,20 @@ def final_with(**sizes):
     return change
 
 
+def scaled_lr(factor):
+    """A change multiplying the peak learning rate by `factor`."""
+    def change(spec):
+        spec["train"]["lr"] *= factor
+    return change
+
+
 LR_SCALES = {  # the starting model's multiplier, then each stage's
     "lr x1": [1.0, 1.0, 1.0, 1.0],
     "lr x2 first stage": [2.0, 1.0, 1.0, 1.0],
     "lr x2/1.5/1.25": [2.0, 1.5, 1.25, 1.0],
     "lr x2/2/1.5": [2.0, 2.0, 1.5, 1.0],
     "lr x2/2/2": [2.0, 2.0, 2.0, 1.0],
+    "lr x1.5/1.5/1.5": [1.5, 1.5, 1.5, 1.0],
     "lr x3/3/3": [3.0, 3.0, 3.0, 1.0],
     "lr x3/2/1.5": [3.0, 2.0, 1.5, 1.0],
 }
@@ -66,8 +74,8 @@ VARIANTS = {
     "scratch": ("the final architecture from scratch", None),
     "scratch-2-layers": ("final width, FFN, heads, but 2 layers, from scratch",
                          final_with(layers=2)),
-    "scratch-lr-x2": ("the final architecture from scratch at twice the lr",
-                      lambda s: s["train"].update(lr=2 * s["train"]["lr"])),
+    **{f"scratch-lr-x{factor:g}": (f"the final architecture from scratch at {factor:g}x the lr",
+                                   scaled_lr(factor)) for factor in (0.5, 1.5, 2.0)},
     **{name: (f"MSG, lr multipliers {scales}", with_lr_scales(scales))
        for name, scales in LR_SCALES.items()},
     "ramp / 2": ("MSG, lr x1, half the ramp", half_ramp),
