@@ -280,6 +280,12 @@ def _get(data: dict, path: str) -> Any:
 
 
 def _set(data: dict, path: str, value: Any) -> None:
+    """Set the field at `path` (dotted, stage fields as ``growth.stages[i].key``)."""
+    stage = re.match(r"growth\.stages\[(\d+)\]\.(\w+)$", path)
+    if stage:
+        index, key = stage.groups()
+        data["growth"]["stages"][int(index)][key] = value
+        return
     *parents, last = path.split(".")
     node = data
     for part in parents:
@@ -326,11 +332,7 @@ def wrong_type(draw, data: dict, spec) -> str:
     else:  # a literal
         wrong = ["", "GPT2", "unknown", 3, ["gelu"], {"x": 1}, True]
     value = draw(st.sampled_from(wrong))
-    if "stages[" in path:
-        index, key = re.match(r"growth\.stages\[(\d+)\]\.(\w+)", path).groups()
-        data["growth"]["stages"][int(index)][key] = value
-    else:
-        _set(data, path, value)
+    _set(data, path, value)
     return path
 
 
@@ -345,11 +347,7 @@ def out_of_range(draw, data: dict, spec) -> str:
     else:
         low = 1 if "stages[" in path else INT_FIELDS[path]
         value = draw(st.integers(-(2**70), low - 1))
-    if "stages[" in path:
-        index, key = re.match(r"growth\.stages\[(\d+)\]\.(\w+)", path).groups()
-        data["growth"]["stages"][int(index)][key] = value
-    else:
-        _set(data, path, value)
+    _set(data, path, value)
     return path
 
 

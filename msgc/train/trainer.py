@@ -155,6 +155,7 @@ class Trainer:
                          world_size=self.parallel.world_size)
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
         self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
+        self.lr_scales = spec.growth.lr_scales()  # the multiplier after 0, 1, ... growths
         self.stage_flops = ([stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
                             if isinstance(spec.model, FamilyModelSpec) else None)
         self.fingerprint = spec_fingerprint(spec.to_dict())
@@ -488,7 +489,7 @@ class Trainer:
     def _learning_rate(self, step: int) -> float:
         """The schedule's rate at `step` times the growth stage's multiplier, which moves
         from the previous stage's to the current one's with the masks during a ramp."""
-        scales = self.spec.growth.lr_scales()
+        scales = self.lr_scales
         scale = scales[self.state.stage]
         if self.state.ramp_start is not None:
             previous = scales[self.state.stage - 1]
