@@ -20,8 +20,10 @@ from msgc.train.metrics import read_metrics
 from msgc.train.trainer import Trainer
 from tests.train.test_trainer import make_spec
 
-# growth at 4 (width + heads) and 10 (ffn + depth), ramp 3: folds at the start of 7 and 13
-STAGES = [{"step": 4, "hidden": 48, "heads": 3}, {"step": 10, "ffn": 96, "layers": 3}]
+# growth at 4 (width + heads) and 10 (ffn + depth), ramp 3: folds at the start of 7 and 13;
+# the learning-rate multiplier halves over the first ramp (a resume mid-ramp must get it)
+STAGES = [{"step": 4, "hidden": 48, "heads": 3, "lr_scale": 0.5},
+          {"step": 10, "ffn": 96, "layers": 3}]
 STEPS = 16
 
 
