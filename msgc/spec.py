@@ -327,8 +327,8 @@ class GrowthSpec(_StrictModel):
         "stack", description="Where new blocks go: on top, or each after its source."
     )
     lr_scale: PosFloat = Field(
-        1.0, description="Learning-rate multiplier of the starting model (smaller models "
-        "train well at a higher rate); stages may change it."
+        1.0, description="Learning-rate multiplier of the starting model (times train.lr "
+        "and its schedule); stages may change it."
     )
     stages: list[Stage] = Field(default_factory=list, description="Growth events, in order.")
 
