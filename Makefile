@@ -23,7 +23,7 @@ test: $(STAMP)
 	TRITON_INTERPRET=1 $(PY) -m pytest
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check msgc tests benchmarks
+	$(VENV)/bin/ruff check msgc tests benchmarks examples
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

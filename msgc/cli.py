@@ -20,7 +20,7 @@ from msgc.errors import MsgcError, SpecError
 from msgc.inspect import add_inspect
 from msgc.interop.commands import add_compile, add_export
 from msgc.spec import FamilyModelSpec, Spec, load_spec, spec_json_schema
-from msgc.train.compare import compare, rescale
+from msgc.train.compare import compare, rescale, scratch_spec
 from msgc.train.data import TokenData, prepare_data
 from msgc.train.distributed import MODES, Parallel
 from msgc.train.flops import stage_cost
@@ -281,6 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def _compare(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
     """Prepare the data, compare, print the table; write --json; the report."""
+    scratch_spec(spec)  # a spec without a scratch model is refused before the data work
     tokenizer, data = _prepare(spec)
     report = compare(spec, tokenizer, data, out_dir=args.out, match_quality=args.match_quality)
     print(format_compare(report))

@@ -1,7 +1,6 @@
 """`msgc inspect`: the dimension groups of a spec's model or of any model factory."""
 
 import argparse
-import importlib
 from pathlib import Path
 
 import networkx as nx
@@ -11,6 +10,7 @@ import torch.nn as nn
 from msgc.compiler import analyze
 from msgc.errors import SpecError
 from msgc.report import GroupReport
+from msgc.spec import import_factory
 
 
 def coupling_graph(reports: list[GroupReport]) -> nx.Graph:
@@ -46,7 +46,7 @@ def print_table(reports: list[GroupReport]) -> None:
 def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, tuple]:
     """The model to inspect and example token ids for it."""
     if args.module:
-        model = _factory(args.module)()
+        model = import_factory(args.module, field="--module")()
         vocab = args.vocab_size
     else:
         from msgc.models import build_model
@@ -61,16 +61,6 @@ def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, tuple]:
             vocab = spec.model.vocab_size
     ids = torch.randint(0, vocab, (2, args.seq_len), generator=torch.Generator().manual_seed(0))
     return model, (ids,)
-
-
-def _factory(path: str):
-    module_name, _, attr = path.partition(":")
-    if not module_name or not attr:
-        raise SpecError(f"--module: expected 'package.module:factory', got {path!r}")
-    try:
-        return getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise SpecError(f"--module: cannot load {path!r}: {exc}") from exc
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ import inspect
 import json
 import re
 import reprlib
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
@@ -56,6 +57,7 @@ __all__ = [
     "Spec",
     "Stage",
     "TrainSpec",
+    "import_factory",
     "load_custom_model",
     "load_spec",
     "parse_spec",
@@ -197,14 +199,24 @@ class FamilyModelSpec(_StrictModel):
 
 
 class CustomModelSpec(_StrictModel):
-    """A user's own model, made by calling ``factory(**kwargs)`` from ``package.module``."""
+    """A user's own model, made by calling ``factory(**kwargs)`` from ``package.module``.
 
-    module: str = Field(description="Where the factory lives: 'package.module:factory'.")
+    msgc trains it when it maps token ids (B, T) to logits (B, T, V); its vocabulary V is
+    read off one forward pass.
+    """
+
+    module: str = Field(
+        description="Where the factory lives: 'package.module:factory', importable from the "
+        "current directory or PYTHONPATH."
+    )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Keyword arguments passed to the factory."
     )
     trust_code: bool = Field(
         False, description="Must be true: loading the model imports and runs the user's code."
+    )
+    task: Literal["causal", "masked"] = Field(
+        "causal", description="causal: next-token prediction; masked: BERT-style masked LM."
     )
 
     @field_validator("module")
@@ -730,7 +742,7 @@ def load_custom_model(spec: CustomModelSpec) -> nn.Module:
             f"model.trust_code: loading {spec.module!r} imports and runs its code; "
             "set model.trust_code: true if you trust it"
         )
-    factory = _import_factory(spec.module)
+    factory = import_factory(spec.module)
     try:
         inspect.signature(factory).bind(**spec.kwargs)
     except TypeError as exc:
@@ -746,23 +758,28 @@ def load_custom_model(spec: CustomModelSpec) -> nn.Module:
     return model
 
 
-def _import_factory(target: str) -> Any:
-    """The callable named by 'package.module:factory' (the factory may be dotted)."""
+def import_factory(target: str, field: str = "model.module") -> Any:
+    """The callable named by 'package.module:factory' (the factory may be dotted); errors
+    name `field`."""
     module_name, _, attr_path = target.partition(":")
+    if not module_name or not attr_path:
+        raise SpecError(f"{field}: expected 'package.module:factory', got {target!r}")
+    if str(Path.cwd()) not in sys.path:  # as `python -m` would (the msgc script does not);
+        sys.path.append(str(Path.cwd()))  # last, so it shadows no installed package
     try:
         obj: Any = importlib.import_module(module_name)
     except (ImportError, SyntaxError) as exc:
         raise SpecError(
-            f"model.module: cannot import {module_name!r} ({exc}); check the module path "
+            f"{field}: cannot import {module_name!r} ({exc}); check the module path "
             "and that it is on PYTHONPATH"
         ) from None
     for attr in attr_path.split("."):
         if not hasattr(obj, attr):
             raise SpecError(
-                f"model.module: {module_name!r} has no attribute {attr_path!r}; "
+                f"{field}: {module_name!r} has no attribute {attr_path!r}; "
                 "check the factory's name"
             )
         obj = getattr(obj, attr)
     if not callable(obj):
-        raise SpecError(f"model.module: {target!r} is not callable; name a factory function")
+        raise SpecError(f"{field}: {target!r} is not callable; name a factory function")
     return obj

@@ -90,13 +90,22 @@ def load(path=None, device="cpu"):
 '''
 
 
+def _single_output(gm: fx.GraphModule, flat):
+    """A graph from torch.export returns a flat tuple that its GraphModule unflattens; the
+    emitted forward returns a single output as itself too."""
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    if info is not None and info.out_spec.is_leaf() and isinstance(flat, (tuple, list)):
+        (flat,) = flat
+    return flat
+
+
 def emit_module(gm: fx.GraphModule, folder: str | Path, module: str = "model",
                 class_name: str = "GrownModel", title: str = "A model grown by msgc.") -> Path:
     """Write `folder/<module>.py` and `folder/weights.safetensors`; the module's path."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     graph = fx.Graph()  # flat positional forward: no pytree codegen
-    graph.output(graph.graph_copy(gm.graph, {}))
+    graph.output(_single_output(gm, graph.graph_copy(gm.graph, {})))
     code = graph.python_code(root_module="self")
     for name in code.globals:
         if "msgc" in (getattr(code.globals[name], "__module__", None) or ""):

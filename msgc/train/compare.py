@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from msgc.errors import SpecError
-from msgc.spec import Spec, parse_spec
+from msgc.spec import FamilyModelSpec, HFModelSpec, Spec, parse_spec
 from msgc.train.data import TokenData
 from msgc.train.plot import plot_runs
 from msgc.train.precision import resolve_device
@@ -41,7 +41,15 @@ STRETCHES = (1.25, 1.5, 2.0)
 
 def scratch_spec(spec: Spec) -> Spec:
     """`spec`'s final architecture with no growth, the same training run (at the final
-    stage's learning-rate multiplier)."""
+    stage's learning-rate multiplier). Only a reference family's final architecture is known
+    to msgc; other specs get a SpecError saying how to train the final size themselves."""
+    if not isinstance(spec.model, FamilyModelSpec):
+        kind = "model.hf" if isinstance(spec.model, HFModelSpec) else "model.module"
+        raise SpecError(
+            f"{spec.name}: compare trains the final architecture from scratch, which msgc can "
+            f"build only for model.family specs, not for {kind}; write a spec of the final "
+            "size without growth stages, `msgc train` both, and compare their summary.json"
+        )
     data = spec.to_dict()
     data["name"] = f"{spec.name}-scratch"
     data["model"] = spec.arch_at(spec.train.steps).model_dump(mode="json")

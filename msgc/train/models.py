@@ -1,10 +1,11 @@
-"""What model a spec trains: msgc's reference families or a Hugging Face model."""
+"""What model a spec trains: a reference family, a Hugging Face model or a user's own."""
 
+import torch
 import torch.nn as nn
 
 from msgc.errors import SpecError
 from msgc.models import build_model
-from msgc.spec import FamilyModelSpec, HFModelSpec, Spec
+from msgc.spec import CustomModelSpec, FamilyModelSpec, HFModelSpec, Spec, load_custom_model
 
 
 def make_model(spec: Spec) -> nn.Module:
@@ -15,8 +16,7 @@ def make_model(spec: Spec) -> nn.Module:
         from msgc.interop.hf_models import build_hf_model
 
         return build_hf_model(spec.model)
-    raise SpecError("msgc trains reference families (model.family) and Hugging Face models "
-                    "(model.hf); a custom model (model.module) cannot be trained by msgc yet")
+    return load_custom_model(spec.model)
 
 
 def vocab_size(spec: Spec) -> int:
@@ -27,12 +27,33 @@ def vocab_size(spec: Spec) -> int:
         return hf_vocab_size(spec.model)
     if isinstance(spec.model, FamilyModelSpec):
         return spec.model.vocab_size
-    make_model(spec)  # raises the SpecError for custom models
-    raise AssertionError("unreachable")
+    return probe_vocab_size(make_model(spec), spec.model, spec.train.seq_len)
+
+
+def probe_vocab_size(model: nn.Module, custom: CustomModelSpec, seq_len: int) -> int:
+    """V of a custom model that maps token ids (B, T) to logits (B, T, V), from one forward
+    pass on a (1, seq_len) batch; a SpecError naming the factory if it does not."""
+    ids = torch.zeros(1, seq_len, dtype=torch.long)  # (1, T)
+    needs = "msgc trains models that map token ids (B, T) to logits (B, T, V)"
+    try:
+        with torch.no_grad():
+            logits = model.eval()(ids)
+    except Exception as exc:  # the user's code: report what it raised, not a deep traceback
+        raise SpecError(
+            f"model.module: {custom.module} failed on token ids of shape (1, {seq_len}) "
+            f"(train.seq_len): {type(exc).__name__}: {exc}; {needs}"
+        ) from None
+    if not (isinstance(logits, torch.Tensor) and logits.is_floating_point()
+            and logits.ndim == 3 and tuple(logits.shape[:2]) == (1, seq_len)):
+        got = (f"a tensor of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor)
+               else f"a {type(logits).__name__}")
+        raise SpecError(f"model.module: {custom.module} returned {got} for token ids of "
+                        f"shape (1, {seq_len}); {needs}")
+    return logits.shape[-1]
 
 
 def is_masked_lm(spec: Spec) -> bool:
     """MLM batches (BERT-like models) instead of next-token prediction."""
-    if isinstance(spec.model, HFModelSpec):
-        return spec.model.task == "masked"
-    return isinstance(spec.model, FamilyModelSpec) and spec.model.family == "bert"
+    if isinstance(spec.model, FamilyModelSpec):
+        return spec.model.family == "bert"
+    return spec.model.task == "masked"

@@ -47,10 +47,12 @@ from tqdm import tqdm
 
 import msgc
 from msgc.errors import CheckpointError, PreservationError, SpecError, TrainingDivergedError
+from msgc.graph.trace import to_ir
+from msgc.interop.emit import emit_module
 from msgc.interop.hf import export_hf
 from msgc.interop.hf_models import HFLogits
 from msgc.models import count_parameters
-from msgc.spec import FamilyModelSpec, HFModelSpec, Spec, Stage
+from msgc.spec import CustomModelSpec, FamilyModelSpec, HFModelSpec, Spec, Stage
 from msgc.train.checkpoint import (
     list_checkpoints,
     load_latest,
@@ -121,8 +123,10 @@ class Trainer:
     """Trains `spec` on prepared data; with `out_dir` it writes a run directory.
 
     The run directory holds ``spec.yaml`` (resolved), ``metrics.jsonl``, and at the end
-    ``model.safetensors`` (the folded final model), ``model.json`` (its architecture),
-    ``summary.json`` and ``loss.png``.
+    ``model.safetensors`` (the folded final model), ``summary.json``, ``loss.png`` and the
+    final model in a loadable form: ``model.json`` (a reference family's architecture),
+    ``hf/`` (a Hugging Face model's save_pretrained) or ``model/`` (a custom model, as a
+    standalone module with its weights).
     """
 
     def __init__(
@@ -544,10 +548,19 @@ class Trainer:
                 encoding="utf-8")
         if isinstance(self.spec.model, HFModelSpec):
             self._export_hf(model, out / "hf")
+        if isinstance(self.spec.model, CustomModelSpec):
+            self._emit_custom(model, out / "model")
         (out / "summary.json").write_text(json.dumps(result.summary(), indent=2) + "\n",
                                           encoding="utf-8")
         plot_runs({self.spec.name: result.rows}, out / "loss.png", title=self.spec.name)
 
+
+    def _emit_custom(self, model: nn.Module, folder: Path) -> None:
+        """The final model of a custom run as a standalone module: ``model.py`` (plain
+        PyTorch, no msgc import) and ``weights.safetensors``."""
+        example = self.task.example_batch(0)[0].to(self.device)  # (2, T) token ids
+        emit_module(to_ir(model, (example,)), folder, class_name="TrainedModel",
+                    title=f"{self.spec.name}: the final model of an msgc training run.")
 
     def _export_hf(self, model: nn.Module, path: Path) -> None:
         """The final model of a Hugging Face run as a save_pretrained checkpoint."""
