@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from msgc.errors import SpecError
+from msgc.errors import GrowthError, SpecError
 
 
 class HFLogits(nn.Module):
@@ -64,3 +64,48 @@ def build_hf_model(spec) -> HFLogits:
 
 def hf_vocab_size(spec) -> int:
     return int(hf_config(spec).vocab_size)
+
+
+def final_hf_section(spec, final_sizes: dict[str, int]) -> dict:
+    """The `model` section of a spec for `spec`'s Hugging Face model at its final size, with
+    fresh weights (the scratch run of ``msgc compare``).
+
+    Sizes the stages do not name are measured on the starting model (GPT-2's FFN must not
+    follow the width). A SpecError if the config cannot express the grown model: its
+    parameters must have the shapes of the model grown to `final_sizes`.
+    """
+    import msgc
+    from msgc.graph.trace import to_ir
+    from msgc.interop.hf import grown_config, grown_sizes
+
+    with torch.random.fork_rng(devices=[]):
+        model = build_hf_model(spec)
+        ids = torch.zeros(2, 8, dtype=torch.long)  # (2, 8): any ids measure the sizes
+        start_sizes = grown_sizes(to_ir(model, (ids,)), (ids,))
+        grown = msgc.grow(model, (ids,), **final_sizes, verify=False)
+        try:
+            config = grown_config(model.hf, start_sizes | final_sizes)
+            fields = {k: v for k, v in config.to_diff_dict().items()
+                      if k not in ("model_type", "transformers_version")}
+            section = {"hf": config.model_type, "config": fields, "task": spec.task}
+            scratch = build_hf_model(type(spec).model_validate(section))
+        except GrowthError as exc:
+            raise _inexpressible(spec, final_sizes, str(exc)) from None
+    if _shapes(scratch) != _shapes(grown):
+        raise _inexpressible(spec, final_sizes, "its parameters would have other shapes than "
+                             "the grown model's (a config derives sizes from others, e.g. "
+                             "GPT-2's and BERT's head size is hidden / heads)")
+    return section
+
+
+def _shapes(model: nn.Module) -> list[tuple[int, ...]]:
+    """The sorted shapes of `model`'s parameters (tied ones once)."""
+    return sorted(tuple(p.shape) for p in model.parameters())
+
+
+def _inexpressible(spec, final_sizes: dict[str, int], why: str) -> SpecError:
+    return SpecError(
+        f"growth.stages: the config of {spec.hf!r} cannot describe the model grown to "
+        f"{final_sizes}: {why}; grow the sizes the config ties together (e.g. heads with "
+        "hidden, keeping hidden / heads)"
+    )

@@ -41,20 +41,30 @@ STRETCHES = (1.25, 1.5, 2.0)
 
 def scratch_spec(spec: Spec) -> Spec:
     """`spec`'s final architecture with no growth, the same training run (at the final
-    stage's learning-rate multiplier). Only a reference family's final architecture is known
-    to msgc; other specs get a SpecError saying how to train the final size themselves."""
-    if not isinstance(spec.model, FamilyModelSpec):
-        kind = "model.hf" if isinstance(spec.model, HFModelSpec) else "model.module"
-        raise SpecError(
-            f"{spec.name}: compare trains the final architecture from scratch, which msgc can "
-            f"build only for model.family specs, not for {kind}; write a spec of the final "
-            "size without growth stages, `msgc train` both, and compare their summary.json"
-        )
+    stage's learning-rate multiplier). A custom model's final size is unknown to msgc: a
+    SpecError says how to train it by hand."""
     data = spec.to_dict()
     data["name"] = f"{spec.name}-scratch"
-    data["model"] = spec.arch_at(spec.train.steps).model_dump(mode="json")
+    data["model"] = _final_model_section(spec)
     data["growth"] = {**data["growth"], "stages": [], "lr_scale": spec.growth.lr_scales()[-1]}
     return parse_spec(data, source=f"{spec.name} (scratch)")
+
+
+def _final_model_section(spec: Spec) -> dict[str, Any]:
+    """The `model` section of `spec`'s model at its final size, with fresh weights."""
+    final = spec.arch_at(spec.train.steps)
+    if isinstance(final, FamilyModelSpec):
+        return final.model_dump(mode="json")
+    if isinstance(spec.model, HFModelSpec):
+        from msgc.interop.hf_models import final_hf_section
+
+        return final_hf_section(spec.model, final)
+    raise SpecError(
+        f"{spec.name}: compare trains the final architecture from scratch, which msgc cannot "
+        "build for model.module (it does not know how your factory's kwargs map to sizes); "
+        "write a spec of the final size without growth stages, `msgc train` both, and "
+        "compare their summary.json"
+    )
 
 
 def rescale(spec: Spec, factor: float, name: str | None = None) -> Spec:

@@ -50,7 +50,7 @@ from msgc.errors import CheckpointError, PreservationError, SpecError, TrainingD
 from msgc.graph.trace import to_ir
 from msgc.interop.emit import emit_module
 from msgc.interop.hf import export_hf
-from msgc.interop.hf_models import HFLogits
+from msgc.interop.hf_models import HFLogits, final_hf_section
 from msgc.models import count_parameters
 from msgc.spec import CustomModelSpec, FamilyModelSpec, HFModelSpec, Spec, Stage
 from msgc.train.checkpoint import (
@@ -150,6 +150,8 @@ class Trainer:
         if self.fixed_batch and self.parallel.world_size > 1:
             raise SpecError("model.hf: Hugging Face models train in one process for now "
                             "(their exported graphs fix the batch size); drop --distributed")
+        if self.fixed_batch and spec.growth.stages:  # refused now, not at the export
+            final_hf_section(spec.model, spec.arch_at(train.steps))
         self.progress = progress and self.parallel.is_main
         self.device = self.parallel.device(resolve_device(train.device))
         self.precision = Precision(self.device, train.dtype)

@@ -44,3 +44,41 @@ def test_hf_spec_with_unknown_model_type_is_a_spec_error(text_file, cache):
                        "train": {"steps": 4, "data": str(text_file)}})
     with pytest.raises(SpecError, match="model.hf"):
         vocab_size(spec)
+
+
+def _gpt2_spec(text_file, stages):
+    return parse_spec({
+        "name": "hf-gpt2",
+        "model": {"hf": "gpt2", "config": {"vocab_size": 260, "n_positions": 32, "n_embd": 16,
+                                           "n_layer": 2, "n_head": 2, "bos_token_id": 0,
+                                           "eos_token_id": 0}},
+        "growth": {"ramp_steps": 2, "stages": stages},
+        "train": {"steps": 9, "batch_size": 4, "seq_len": 16, "tokenizer": "byte",
+                  "data": str(text_file)},
+    })
+
+
+def test_compare_trains_an_hf_model_of_the_final_size_from_scratch(text_file):
+    from msgc.train.compare import scratch_spec
+    from msgc.train.models import make_model
+
+    spec = _gpt2_spec(text_file, [{"step": 3, "hidden": 32, "heads": 4},
+                                  {"step": 6, "layers": 3}])
+    scratch = scratch_spec(spec)
+    assert not scratch.growth.stages
+    config = make_model(scratch).hf.config
+    # the FFN was not grown: it keeps the start's 4 x 16, not 4 x the final width
+    assert (config.n_embd, config.n_head, config.n_layer, config.n_inner) == (32, 4, 3, 64)
+    assert config.vocab_size == 260 and config.n_positions == 32
+
+
+def test_a_final_size_the_hf_config_cannot_describe_is_refused_before_training(
+        text_file, cache, tmp_path):
+    from msgc.errors import SpecError
+
+    spec = _gpt2_spec(text_file, [{"step": 3, "hidden": 32}])  # heads of 8, not 32 / 2
+    tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+    with pytest.raises(SpecError, match=r"growth.stages: the config of 'gpt2' cannot describe"
+                                        r" the model grown to \{'hidden': 32\}"):
+        Trainer(spec, tokenizer, data, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -128,7 +128,7 @@ def test_compare_refuses_a_custom_spec_before_preparing_data(
     custom_spec(text_file).dump(spec_file)
     assert main(["compare", str(spec_file)]) == 2
     error = capsys.readouterr().err
-    assert "not for model.module" in error and "without growth stages" in error
+    assert "cannot build for model.module" in error and "without growth stages" in error
     assert not cache.exists()  # refused before the tokenizer and token caches
 
 
