@@ -1,16 +1,20 @@
 """Widen: grow every parameter and buffer along its grown dims, and rewrite size literals.
 
 Old weights are copied into their positions in the grown layout (the leading block of a
-plain dim; per head or per segment for composite dims); new entries are initialised by
-`init` (normal | zeros | copy). Tied weights stay one tensor. Buffers' new entries copy
+plain dim; per head or per segment for composite dims); new entries of matrices are
+initialised by `init` (normal | zeros | copy). New entries of vectors start where a fresh
+layer starts: 1 for a scale (a norm's weight, a factor in a product), 0 for anything else
+(biases), unless `init` is copy. Tied weights stay one tensor. Buffers' new entries copy
 existing entries (there is no sensible random value for, e.g., ALiBi slopes).
 """
 
+import operator
 from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from msgc.errors import GraphError, GrowthError
 from msgc.graph.dims import fetch_attr, where
@@ -45,6 +49,8 @@ def widen_parameters(gm: fx.GraphModule, plan: Plan, init: str, init_std: float,
             if any(p is not None for p in positions):
                 shape = [plan.new_size(d) for d in dims]
                 mode = init if isinstance(old, nn.Parameter) else "copy"
+                if mode != "copy" and old.dim() == 1:
+                    mode = "ones" if _is_scale(node) else "zeros"
                 grown_by_id[id(old)] = _grown(old, shape, positions, mode, init_std, generator)
             else:
                 grown_by_id[id(old)] = old
@@ -54,6 +60,26 @@ def widen_parameters(gm: fx.GraphModule, plan: Plan, init: str, init_std: float,
         if isinstance(old, nn.Parameter):
             origins[node.target] = ParamOrigin(node.target, positions)
     return origins
+
+
+aten = torch.ops.aten
+_PRODUCTS = {operator.mul, torch.mul, aten.mul.Tensor, "mul"}
+_NORM_WEIGHT_ARG = {F.layer_norm: 2, aten.layer_norm.default: 2, F.rms_norm: 2,
+                    aten.rms_norm.default: 2, F.group_norm: 2, aten.group_norm.default: 2}
+_CASTS = {"to", "float", "type_as", aten._to_copy.default, aten.to.dtype}
+
+
+def _is_scale(node: fx.Node) -> bool:
+    """Whether the vector `node` reads multiplies activations: it is a norm's weight or a
+    factor of a product (through dtype casts); 1 is then its neutral value, not 0."""
+    for user in node.users:
+        if user.target in _PRODUCTS or (user.target in _CASTS and _is_scale(user)):
+            return True
+        index = _NORM_WEIGHT_ARG.get(user.target)
+        if index is not None and (node in user.args[index:index + 1]
+                                  or user.kwargs.get("weight") is node):
+            return True
+    return False
 
 
 def _grown(old: torch.Tensor, shape: list[int], positions, mode: str, std: float,
@@ -66,7 +92,7 @@ def _grown(old: torch.Tensor, shape: list[int], positions, mode: str, std: float
             if mode == "normal":
                 new.normal_(0.0, std, generator=generator)
             else:
-                new.zero_()
+                new.fill_(1.0 if mode == "ones" else 0.0)
             axes = [p if p is not None else torch.arange(s)
                     for p, s in zip(positions, old.shape, strict=True)]
             index = torch.meshgrid(*axes, indexing="ij")
