@@ -8,7 +8,7 @@ each run's test bpb against the `scratch` variant's (the spec's final architectu
 growth). JSON to benchmarks/results/schedule-study-<spec>-<steps>.json.
 
     python benchmarks/schedule_study.py [--spec specs/gpt-tiny.yaml] [--steps 800]
-        [--only NAME ...]
+        [--only NAME ...] [--json FILE]
 """
 
 import argparse
@@ -64,6 +64,38 @@ LR_SCALES = {  # the starting model's multiplier, then each stage's
 }
 
 
+def at_fractions(*fractions, ramp_fraction=None):
+    """A change moving the stages to these fractions of the run (and the ramp to
+    `ramp_fraction` of it, if given)."""
+    def change(spec):
+        steps = spec["train"]["steps"]
+        for stage, fraction in zip(spec["growth"]["stages"], fractions, strict=True):
+            stage["step"] = round(fraction * steps)
+        if ramp_fraction is not None:
+            spec["growth"]["ramp_steps"] = round(ramp_fraction * steps)
+    return change
+
+
+def all_at(fraction):
+    """A change growing every size in one event at `fraction` of the run."""
+    def change(spec):
+        stages = spec["growth"]["stages"]
+        merged = {key: value for stage in stages for key, value in stage.items()}
+        spec["growth"]["stages"] = [merged | {"step": round(fraction * spec["train"]["steps"])}]
+    return change
+
+
+TIMINGS = {  # growth events as fractions of the run (the spec: 15 / 30 / 50%)
+    "growth at 30/50/70%": at_fractions(0.30, 0.50, 0.70),
+    "growth at 35/60/80%": at_fractions(0.35, 0.60, 0.80),
+    "growth at 40/65/85%": at_fractions(0.40, 0.65, 0.85),
+    "growth at 45/70/88%": at_fractions(0.45, 0.70, 0.88),
+    "growth at 40/65/85%, ramp 2.5%": at_fractions(0.40, 0.65, 0.85, ramp_fraction=0.025),
+    "all at 60%": all_at(0.60),
+    "all at 68%": all_at(0.68),
+}
+
+
 def half_ramp(spec):
     """A change to one learning rate throughout and half the ramp."""
     with_lr_scales(LR_SCALES["lr x1"])(spec)
@@ -79,6 +111,7 @@ VARIANTS = {
     **{name: (f"MSG, lr multipliers {scales}", with_lr_scales(scales))
        for name, scales in LR_SCALES.items()},
     "ramp / 2": ("MSG, lr x1, half the ramp", half_ramp),
+    **{name: (f"MSG, {name}", change) for name, change in TIMINGS.items()},
 }
 
 
@@ -114,6 +147,8 @@ def main():
     parser.add_argument("--spec", type=Path, default=Path("specs/gpt-tiny.yaml"))
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--json", type=Path, help="where to write the results (default: "
+                        "benchmarks/results/schedule-study-<spec>-<steps>.json)")
     args = parser.parse_args()
     base = load_spec(args.spec)
     names = sorted(set(args.only) | {"scratch"})
@@ -130,8 +165,8 @@ def main():
     for name, run in runs.items():
         print(f"{name:20s} FLOPs {run['flops'] / 1e12:6.2f}T  x{run['speedup_flops']:.2f}  "
               f"test bpb {run['test_bpb']:.4f}  gap {100 * run['bpb_gap']:+.2f}%")
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"schedule-study-{base.name}-{args.steps}.json"
+    path = args.json or RESULTS / f"schedule-study-{base.name}-{args.steps}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"spec": base.name, "steps": args.steps, "runs": runs},
                                indent=2) + "\n")
     print(f"wrote {path}")
