@@ -64,6 +64,14 @@ LR_SCALES = {  # the starting model's multiplier, then each stage's
 }
 
 
+def both(first, second):
+    """A change applying two changes."""
+    def change(spec):
+        first(spec)
+        second(spec)
+    return change
+
+
 def at_fractions(*fractions, ramp_fraction=None):
     """A change moving the stages to these fractions of the run (and the ramp to
     `ramp_fraction` of it, if given)."""
@@ -93,6 +101,10 @@ TIMINGS = {  # growth events as fractions of the run (the spec: 15 / 30 / 50%)
     "growth at 40/65/85%, ramp 2.5%": at_fractions(0.40, 0.65, 0.85, ramp_fraction=0.025),
     "all at 60%": all_at(0.60),
     "all at 68%": all_at(0.68),
+}
+TIMINGS |= {  # the later timings with a higher rate for the smaller stages
+    f"{name}, lr x1.5/1.5/1.25": both(TIMINGS[name], with_lr_scales([1.5, 1.5, 1.25, 1.0]))
+    for name in ("growth at 30/50/70%", "growth at 35/60/80%")
 }
 
 
