@@ -332,7 +332,8 @@ class GrowthSpec(_StrictModel):
         100, description="Steps over which a new part's mask rises from 0 to 1."
     )
     init: Literal["normal", "zeros", "copy"] = Field(
-        "normal", description="Initialisation of new weights."
+        "normal", description="Initialisation of new matrix entries. New vector entries "
+        "start as in a fresh layer (norm scales 1, biases 0), except under copy."
     )
     init_std: PosFloat = Field(0.02, description="Standard deviation of `normal` init.")
     depth_placement: Literal["stack", "interleave"] = Field(
