@@ -25,7 +25,7 @@ from msgc.passes.verify import run_eval, verify_preservation
 from msgc.passes.widen import ParamOrigin, rewrite_sizes, widen_parameters
 from msgc.report import GroupReport, describe_groups
 
-INITS = ("normal", "zeros", "copy")
+INITS = ("normal", "match", "zeros", "copy")
 
 
 @dataclass

@@ -331,9 +331,12 @@ class GrowthSpec(_StrictModel):
     ramp_steps: Annotated[int, Field(ge=1)] = Field(
         100, description="Steps over which a new part's mask rises from 0 to 1."
     )
-    init: Literal["normal", "zeros", "copy"] = Field(
-        "normal", description="Initialisation of new matrix entries. New vector entries "
-        "start as in a fresh layer (norm scales 1, biases 0), except under copy."
+    init: Literal["normal", "match", "zeros", "copy"] = Field(
+        "normal", description="New matrix entries: normal draws N(0, init_std); match draws "
+        "N(0, s) with s the standard deviation of the matrix's existing entries (so a "
+        "residual projection's scaled init carries over); zeros; copy repeats old entries. "
+        "New vector entries start as in a fresh layer (norm scales 1, biases 0), except "
+        "under copy."
     )
     init_std: PosFloat = Field(0.02, description="Standard deviation of `normal` init.")
     depth_placement: Literal["stack", "interleave"] = Field(

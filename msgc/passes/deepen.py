@@ -16,7 +16,7 @@ from msgc import ops
 from msgc.errors import GraphError, GrowthError
 from msgc.graph.blocks import Blocks, find_blocks
 from msgc.passes.masks import MASKS, mask_bank
-from msgc.passes.widen import ParamOrigin
+from msgc.passes.widen import ParamOrigin, entry_std
 
 
 def deepen(gm: fx.GraphModule, layers: int, placement: str, init: str, init_std: float,
@@ -145,7 +145,8 @@ def _retargeted_meta(meta: dict, source: str, target: str) -> dict:
 
 
 def _reinit(module: nn.Module, init: str, std: float, generator: torch.Generator) -> None:
-    """Fresh weights for a new block's matrices unless init is "copy"."""
+    """Fresh weights for a new block's matrices unless init is "copy" ("match": with each
+    copied matrix's own standard deviation)."""
     if init == "copy":
         return
     with torch.no_grad():
@@ -154,7 +155,8 @@ def _reinit(module: nn.Module, init: str, std: float, generator: torch.Generator
                 if init == "zeros":
                     p.zero_()
                 else:
-                    p.normal_(0.0, std, generator=generator)
+                    p.normal_(0.0, entry_std(p) if init == "match" else std,
+                              generator=generator)
 
 
 def _move_to_front(gm: fx.GraphModule, node: fx.Node) -> None:

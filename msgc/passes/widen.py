@@ -2,7 +2,8 @@
 
 Old weights are copied into their positions in the grown layout (the leading block of a
 plain dim; per head or per segment for composite dims); new entries of matrices are
-initialised by `init` (normal | zeros | copy). New entries of vectors start where a fresh
+initialised by `init`: normal (N(0, init_std)), match (N(0, s), s the standard deviation of
+the matrix's old entries), zeros, or copy. New entries of vectors start where a fresh
 layer starts: 1 for a scale (a norm's weight, a factor in a product), 0 for anything else
 (biases), unless `init` is copy. Tied weights stay one tensor. Buffers' new entries copy
 existing entries (there is no sensible random value for, e.g., ALiBi slopes).
@@ -82,6 +83,11 @@ def _is_scale(node: fx.Node) -> bool:
     return False
 
 
+def entry_std(weight: torch.Tensor) -> float:
+    """The standard deviation of `weight`'s entries (init "match" draws new ones with it)."""
+    return float(weight.detach().float().std())
+
+
 def _grown(old: torch.Tensor, shape: list[int], positions, mode: str, std: float,
            generator: torch.Generator) -> torch.Tensor:
     with torch.no_grad():
@@ -89,8 +95,9 @@ def _grown(old: torch.Tensor, shape: list[int], positions, mode: str, std: float
             new = _cyclic_copy(old, shape, positions)
         else:
             new = torch.empty(shape, dtype=old.dtype)
-            if mode == "normal":
-                new.normal_(0.0, std, generator=generator)
+            if mode in ("normal", "match"):
+                new.normal_(0.0, entry_std(old) if mode == "match" else std,
+                            generator=generator)
             else:
                 new.fill_(1.0 if mode == "ones" else 0.0)
             axes = [p if p is not None else torch.arange(s)

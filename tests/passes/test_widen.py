@@ -84,3 +84,32 @@ def test_copy_init_copies_vectors_too() -> None:
     old = dict(model.named_parameters())["transformer.ln_f.weight"].detach()
     new = dict(grown.named_parameters())["transformer.ln_f.weight"].detach()
     assert torch.equal(new, old[torch.arange(GROWN_HIDDEN) % 16])
+
+
+def scaled_gpt2(scale: float) -> nn.Module:
+    """The zoo's gpt2 with every matrix at `scale` times its init (a "trained" scale)."""
+    torch.manual_seed(0)
+    model = BY_NAME["family_gpt2"].make().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(scale)
+    return model
+
+
+@pytest.mark.parametrize("init,expected", [("match", "old"), ("normal", "init_std")])
+def test_match_init_draws_new_entries_at_each_matrixs_own_scale(init: str,
+                                                                expected: str) -> None:
+    model = scaled_gpt2(5.0)
+    grown = msgc.grow(model, (token_ids(),), ffn=GROWN_FFN, layers=3, init=init)
+    old = dict(model.named_parameters())
+    new = dict(grown.named_parameters())
+    checks = {  # parameter -> its new entries
+        "transformer.h.0.mlp.c_proj.weight": new["transformer.h.0.mlp.c_proj.weight"][:, 32:],
+        "transformer.h.0.mlp.c_fc.weight": new["transformer.h.0.mlp.c_fc.weight"][32:],
+        # the new block (stacked on top) re-draws its copy of block 0's matrices
+        "transformer.h.0.attn.c_attn.weight": new["transformer.h.2.attn.c_attn.weight"],
+    }
+    for name, entries in checks.items():
+        target = float(old[name].std()) if expected == "old" else 0.02
+        assert float(entries.std()) == pytest.approx(target, rel=0.15), name
