@@ -72,6 +72,13 @@ def both(first, second):
     return change
 
 
+def with_init(init):
+    """A change to the init of new weights."""
+    def change(spec):
+        spec["growth"]["init"] = init
+    return change
+
+
 def at_fractions(*fractions, ramp_fraction=None):
     """A change moving the stages to these fractions of the run (and the ramp to
     `ramp_fraction` of it, if given)."""
@@ -102,9 +109,20 @@ TIMINGS = {  # growth events as fractions of the run (the spec: 15 / 30 / 50%)
     "all at 60%": all_at(0.60),
     "all at 68%": all_at(0.68),
 }
+TIMINGS |= {
+    "growth at 40/68/88%": at_fractions(0.40, 0.68, 0.88),
+    "growth at 42/66/86%": at_fractions(0.42, 0.66, 0.86),
+}
 TIMINGS |= {  # the later timings with a higher rate for the smaller stages
-    f"{name}, lr x1.5/1.5/1.25": both(TIMINGS[name], with_lr_scales([1.5, 1.5, 1.25, 1.0]))
-    for name in ("growth at 30/50/70%", "growth at 35/60/80%")
+    f"{name}, lr x{'/'.join(f'{x:g}' for x in scales[:3])}": both(TIMINGS[name],
+                                                                  with_lr_scales(scales))
+    for name in ("growth at 30/50/70%", "growth at 35/60/80%", "growth at 40/65/85%",
+                 "growth at 40/68/88%", "growth at 42/66/86%")
+    for scales in ([1.5, 1.5, 1.25, 1.0], [2.0, 2.0, 1.5, 1.0])
+}
+TIMINGS |= {  # init match: new entries at each matrix's own scale
+    f"{name}, init match": both(change, with_init("match"))
+    for name, change in list(TIMINGS.items()) if "ramp" not in name and "all at" not in name
 }
 
 
@@ -123,6 +141,8 @@ VARIANTS = {
     **{name: (f"MSG, lr multipliers {scales}", with_lr_scales(scales))
        for name, scales in LR_SCALES.items()},
     "ramp / 2": ("MSG, lr x1, half the ramp", half_ramp),
+    "lr x1, init match": ("MSG, lr x1, init match", both(with_lr_scales(LR_SCALES["lr x1"]),
+                                                          with_init("match"))),
     **{name: (f"MSG, {name}", change) for name, change in TIMINGS.items()},
 }
 
