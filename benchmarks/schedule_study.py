@@ -120,6 +120,16 @@ TIMINGS |= {  # the later timings with a higher rate for the smaller stages
                  "growth at 40/68/88%", "growth at 42/66/86%")
     for scales in ([1.5, 1.5, 1.25, 1.0], [2.0, 2.0, 1.5, 1.0])
 }
+TIMINGS |= {  # around the 2.2x point: other rates, width a little earlier
+    "growth at 42/66/86%, lr x1.25/1.25/1.1": both(
+        at_fractions(0.42, 0.66, 0.86), with_lr_scales([1.25, 1.25, 1.1, 1.0])),
+    "growth at 42/66/86%, lr x1.75/1.75/1.25": both(
+        at_fractions(0.42, 0.66, 0.86), with_lr_scales([1.75, 1.75, 1.25, 1.0])),
+    "growth at 42/66/86%, lr x1.5/1.5/1.5": both(
+        at_fractions(0.42, 0.66, 0.86), with_lr_scales([1.5, 1.5, 1.5, 1.0])),
+    "growth at 38/66/86%, lr x1.5/1.5/1.25": both(
+        at_fractions(0.38, 0.66, 0.86), with_lr_scales([1.5, 1.5, 1.25, 1.0])),
+}
 TIMINGS |= {  # init match: new entries at each matrix's own scale
     f"{name}, init match": both(change, with_init("match"))
     for name, change in list(TIMINGS.items()) if "ramp" not in name and "all at" not in name
