@@ -13,6 +13,7 @@ growth). JSON to benchmarks/results/schedule-study-<spec>-<steps>.json.
 
 import argparse
 import copy
+import functools
 import json
 import os
 import subprocess
@@ -100,40 +101,35 @@ def all_at(fraction):
     return change
 
 
-TIMINGS = {  # growth events as fractions of the run (the spec: 15 / 30 / 50%)
-    "growth at 30/50/70%": at_fractions(0.30, 0.50, 0.70),
-    "growth at 35/60/80%": at_fractions(0.35, 0.60, 0.80),
-    "growth at 40/65/85%": at_fractions(0.40, 0.65, 0.85),
-    "growth at 45/70/88%": at_fractions(0.45, 0.70, 0.88),
-    "growth at 40/65/85%, ramp 2.5%": at_fractions(0.40, 0.65, 0.85, ramp_fraction=0.025),
-    "all at 60%": all_at(0.60),
-    "all at 68%": all_at(0.68),
-}
-TIMINGS |= {
-    "growth at 40/68/88%": at_fractions(0.40, 0.68, 0.88),
-    "growth at 42/66/86%": at_fractions(0.42, 0.66, 0.86),
-}
-TIMINGS |= {  # the later timings with a higher rate for the smaller stages
-    f"{name}, lr x{'/'.join(f'{x:g}' for x in scales[:3])}": both(TIMINGS[name],
-                                                                  with_lr_scales(scales))
-    for name in ("growth at 30/50/70%", "growth at 35/60/80%", "growth at 40/65/85%",
-                 "growth at 40/68/88%", "growth at 42/66/86%")
-    for scales in ([1.5, 1.5, 1.25, 1.0], [2.0, 2.0, 1.5, 1.0])
-}
-TIMINGS |= {  # around the 2.2x point: other rates, width a little earlier
-    "growth at 42/66/86%, lr x1.25/1.25/1.1": both(
-        at_fractions(0.42, 0.66, 0.86), with_lr_scales([1.25, 1.25, 1.1, 1.0])),
-    "growth at 42/66/86%, lr x1.75/1.75/1.25": both(
-        at_fractions(0.42, 0.66, 0.86), with_lr_scales([1.75, 1.75, 1.25, 1.0])),
-    "growth at 42/66/86%, lr x1.5/1.5/1.5": both(
-        at_fractions(0.42, 0.66, 0.86), with_lr_scales([1.5, 1.5, 1.5, 1.0])),
-    "growth at 38/66/86%, lr x1.5/1.5/1.25": both(
-        at_fractions(0.38, 0.66, 0.86), with_lr_scales([1.5, 1.5, 1.25, 1.0])),
-}
-TIMINGS |= {  # init match: new entries at each matrix's own scale
-    f"{name}, init match": both(change, with_init("match"))
-    for name, change in list(TIMINGS.items()) if "ramp" not in name and "all at" not in name
-}
+def timing(fractions, scales=None, init=None, ramp_fraction=None):
+    """(name, change) of a variant growing at `fractions` of the run, maybe with lr
+    multipliers `scales` (the starting model's, then each stage's), another init, or a
+    ramp of `ramp_fraction` of the run."""
+    name = "growth at " + "/".join(f"{100 * f:g}" for f in fractions) + "%"
+    changes = [at_fractions(*fractions, ramp_fraction=ramp_fraction)]
+    if ramp_fraction is not None:
+        name += f", ramp {100 * ramp_fraction:g}%"
+    if scales is not None:
+        name += ", lr x" + "/".join(f"{x:g}" for x in scales[:3])
+        changes.append(with_lr_scales(scales))
+    if init is not None:
+        name += f", init {init}"
+        changes.append(with_init(init))
+    return name, functools.reduce(both, changes)
+
+
+LATER = [(0.30, 0.50, 0.70), (0.35, 0.60, 0.80), (0.40, 0.65, 0.85), (0.40, 0.68, 0.88),
+         (0.42, 0.66, 0.86)]  # the spec used to grow at 15 / 30 / 50%
+HIGHER_RATES = ([1.5, 1.5, 1.25, 1.0], [2.0, 2.0, 1.5, 1.0])  # for the smaller stages
+TIMED = (
+    [timing(f, init=init) for f in [*LATER, (0.45, 0.70, 0.88)] for init in (None, "match")]
+    + [timing(f, s, init) for f in LATER for s in HIGHER_RATES for init in (None, "match")]
+    + [timing((0.40, 0.65, 0.85), ramp_fraction=0.025)]
+    + [timing((0.42, 0.66, 0.86), s)  # around the 2.2x point
+       for s in ([1.25, 1.25, 1.1, 1.0], [1.75, 1.75, 1.25, 1.0], [1.5, 1.5, 1.5, 1.0])]
+    + [timing((0.38, 0.66, 0.86), [1.5, 1.5, 1.25, 1.0])]
+)
+TIMINGS = dict(TIMED) | {"all at 60%": all_at(0.60), "all at 68%": all_at(0.68)}
 
 
 def half_ramp(spec):
