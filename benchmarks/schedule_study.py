@@ -5,10 +5,12 @@ final architecture, ...); each runs as its own `msgc train --steps N` process wi
 thread, two at a time, so the figures to read are test bits per byte and FLOPs (both
 independent of machine load); wall times are printed but shared the machine. The gap is
 each run's test bpb against the `scratch` variant's (the spec's final architecture, no
-growth). JSON to benchmarks/results/schedule-study-<spec>-<steps>.json.
+growth) with the same seed. With several `--seeds` every variant runs once per seed
+(`train.seed`: init and data order) and the JSON gives each seed's gap, their mean and
+their range. JSON to benchmarks/results/schedule-study-<spec>-<steps>.json.
 
     python benchmarks/schedule_study.py [--spec specs/gpt-tiny.yaml] [--steps 800]
-        [--only NAME ...] [--json FILE]
+        [--only NAME ...] [--seeds 0 1 2] [--json FILE]
 """
 
 import argparse
@@ -60,9 +62,18 @@ LR_SCALES = {  # the starting model's multiplier, then each stage's
     "lr x2/2/1.5": [2.0, 2.0, 1.5, 1.0],
     "lr x2/2/2": [2.0, 2.0, 2.0, 1.0],
     "lr x1.5/1.5/1.5": [1.5, 1.5, 1.5, 1.0],
+    "lr x1.75/1.75/1.75": [1.75, 1.75, 1.75, 1.0],
+    "lr x2.5/2.5/2.5": [2.5, 2.5, 2.5, 1.0],
     "lr x3/3/3": [3.0, 3.0, 3.0, 1.0],
     "lr x3/2/1.5": [3.0, 2.0, 1.5, 1.0],
 }
+
+
+def with_warmup(fraction):
+    """A change to a warmup of `fraction` of the run."""
+    def change(spec):
+        spec["train"]["warmup_steps"] = round(fraction * spec["train"]["steps"])
+    return change
 
 
 def both(first, second):
@@ -128,6 +139,7 @@ TIMED = (
     + [timing((0.42, 0.66, 0.86), s)  # around the 2.2x point
        for s in ([1.25, 1.25, 1.1, 1.0], [1.75, 1.75, 1.25, 1.0], [1.5, 1.5, 1.5, 1.0])]
     + [timing((0.38, 0.66, 0.86), [1.5, 1.5, 1.25, 1.0])]
+    + [timing((0.44, 0.68, 0.88))]  # the spec's rates, a little later
 )
 TIMINGS = dict(TIMED) | {"all at 60%": all_at(0.60), "all at 68%": all_at(0.68)}
 
@@ -140,6 +152,7 @@ def half_ramp(spec):
 
 VARIANTS = {
     "scratch": ("the final architecture from scratch", None),
+    "spec": ("MSG, the spec as it is", None),
     "scratch-2-layers": ("final width, FFN, heads, but 2 layers, from scratch",
                          final_with(layers=2)),
     **{f"scratch-lr-x{factor:g}": (f"the final architecture from scratch at {factor:g}x the lr",
@@ -147,14 +160,20 @@ VARIANTS = {
     **{name: (f"MSG, lr multipliers {scales}", with_lr_scales(scales))
        for name, scales in LR_SCALES.items()},
     "ramp / 2": ("MSG, lr x1, half the ramp", half_ramp),
+    "warmup 5%, lr x1.5/1.5/1.5": ("MSG, warmup 5% of the run, lr multipliers "
+                                   f"{LR_SCALES['lr x1.5/1.5/1.5']}",
+                                   both(with_warmup(0.05), with_lr_scales(
+                                       LR_SCALES["lr x1.5/1.5/1.5"]))),
+    "scratch, warmup 5%": ("the final architecture from scratch, warmup 5% of the run",
+                           with_warmup(0.05)),
     "lr x1, init match": ("MSG, lr x1, init match", both(with_lr_scales(LR_SCALES["lr x1"]),
                                                           with_init("match"))),
     **{name: (f"MSG, {name}", change) for name, change in TIMINGS.items()},
 }
 
 
-def variant_spec(base, name):
-    """The spec dict of variant `name`."""
+def variant_spec(base, name, seed):
+    """The spec dict of variant `name` with `train.seed` = `seed`."""
     _, change = VARIANTS[name]
     if name.startswith("scratch"):
         spec = scratch_spec(base).to_dict()
@@ -163,7 +182,8 @@ def variant_spec(base, name):
     spec = copy.deepcopy(spec)
     if change is not None:
         change(spec)
-    spec["name"] = name.replace(" ", "_").replace("/", "-")
+    spec["train"]["seed"] = seed
+    spec["name"] = f"{name}-seed{seed}".replace(" ", "_").replace("/", "-")
     return spec
 
 
@@ -185,29 +205,41 @@ def main():
     parser.add_argument("--spec", type=Path, default=Path("specs/gpt-tiny.yaml"))
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train.seed values; every variant runs once per seed")
     parser.add_argument("--json", type=Path, help="where to write the results (default: "
                         "benchmarks/results/schedule-study-<spec>-<steps>.json)")
     args = parser.parse_args()
     base = load_spec(args.spec)
     names = sorted(set(args.only) | {"scratch"})
+    jobs = [(name, seed) for name in names for seed in args.seeds]
     with tempfile.TemporaryDirectory() as workdir, ThreadPoolExecutor(2) as pool:
-        summaries = dict(zip(names, pool.map(
-            lambda n: train(variant_spec(base, n), args.steps, workdir), names), strict=True))
-    reference = summaries["scratch"]
-    runs = {
-        name: {"what": VARIANTS[name][0], **summary,
-               "speedup_flops": reference["flops"] / summary["flops"],
-               "bpb_gap": summary["test_bpb"] / reference["test_bpb"] - 1}
-        for name, summary in summaries.items()
-    }
+        summaries = dict(zip(jobs, pool.map(
+            lambda job: train(variant_spec(base, *job), args.steps, workdir), jobs), strict=True))
+    runs = {name: variant_figures(name, summaries, args.seeds) for name in names}
     for name, run in runs.items():
-        print(f"{name:20s} FLOPs {run['flops'] / 1e12:6.2f}T  x{run['speedup_flops']:.2f}  "
-              f"test bpb {run['test_bpb']:.4f}  gap {100 * run['bpb_gap']:+.2f}%")
+        gaps = " ".join(f"{100 * by_seed['bpb_gap']:+.2f}%" for by_seed in run["by_seed"].values())
+        print(f"{name:40s} FLOPs x{run['speedup_flops']:.2f}  "
+              f"gap mean {100 * run['bpb_gap_mean']:+.2f}%  by seed {gaps}")
     path = args.json or RESULTS / f"schedule-study-{base.name}-{args.steps}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"spec": base.name, "steps": args.steps, "runs": runs},
-                               indent=2) + "\n")
+    path.write_text(json.dumps({"spec": base.name, "steps": args.steps, "seeds": args.seeds,
+                                "runs": runs}, indent=2) + "\n")
     print(f"wrote {path}")
+
+
+def variant_figures(name, summaries, seeds):
+    """Variant `name`'s runs by seed, each with its gap to scratch of the same seed, and
+    the gap's mean and range over the seeds."""
+    by_seed = {}
+    for seed in seeds:
+        summary, reference = summaries[name, seed], summaries["scratch", seed]
+        by_seed[seed] = {**summary, "bpb_gap": summary["test_bpb"] / reference["test_bpb"] - 1}
+    gaps = [run["bpb_gap"] for run in by_seed.values()]
+    return {"what": VARIANTS[name][0],
+            "speedup_flops": summaries["scratch", seeds[0]]["flops"] / by_seed[seeds[0]]["flops"],
+            "bpb_gap_mean": sum(gaps) / len(gaps), "bpb_gap_min": min(gaps),
+            "bpb_gap_max": max(gaps), "by_seed": by_seed}
 
 
 if __name__ == "__main__":
