@@ -204,7 +204,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", type=Path, default=Path("specs/gpt-tiny.yaml"))
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS))
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), default=sorted(VARIANTS),
+                        metavar="NAME", help="variants to run (default: all): %(choices)s")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train.seed values; every variant runs once per seed")
     parser.add_argument("--json", type=Path, help="where to write the results (default: "
