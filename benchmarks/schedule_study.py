@@ -62,17 +62,17 @@ LR_SCALES = {  # the starting model's multiplier, then each stage's
     "lr x2/2/1.5": [2.0, 2.0, 1.5, 1.0],
     "lr x2/2/2": [2.0, 2.0, 2.0, 1.0],
     "lr x1.5/1.5/1.5": [1.5, 1.5, 1.5, 1.0],
-    "lr x1.75/1.75/1.75": [1.75, 1.75, 1.75, 1.0],
-    "lr x2.5/2.5/2.5": [2.5, 2.5, 2.5, 1.0],
     "lr x3/3/3": [3.0, 3.0, 3.0, 1.0],
     "lr x3/2/1.5": [3.0, 2.0, 1.5, 1.0],
 }
 
 
-def with_warmup(fraction):
-    """A change to a warmup of `fraction` of the run."""
+def with_fields(**fields):
+    """A change setting fields given as section__name=value (train__lr=2e-3)."""
     def change(spec):
-        spec["train"]["warmup_steps"] = round(fraction * spec["train"]["steps"])
+        for key, value in fields.items():
+            section, name = key.split("__")
+            spec[section][name] = value
     return change
 
 
@@ -139,9 +139,23 @@ TIMED = (
     + [timing((0.42, 0.66, 0.86), s)  # around the 2.2x point
        for s in ([1.25, 1.25, 1.1, 1.0], [1.75, 1.75, 1.25, 1.0], [1.5, 1.5, 1.5, 1.0])]
     + [timing((0.38, 0.66, 0.86), [1.5, 1.5, 1.25, 1.0])]
-    + [timing((0.44, 0.68, 0.88))]  # the spec's rates, a little later
 )
 TIMINGS = dict(TIMED) | {"all at 60%": all_at(0.60), "all at 68%": all_at(0.68)}
+
+
+# The three-seed study around the spec (base lr 3e-3, the smaller stages at 1.25x, warmup
+# 15%): the base rate and warmup of the schedule before it, and other multipliers.
+OLD_BASE = {"train__lr": 2e-3}
+SEED_STUDY = {
+    "scratch, lr 2e-3": OLD_BASE,
+    "scratch, lr 4e-3": {"train__lr": 4e-3},
+    "scratch, lr 2e-3, warmup 5%": OLD_BASE | {"train__warmup_steps": 100},
+    "lr 2e-3, warmup 5%, lr x1.5": OLD_BASE | {"train__warmup_steps": 100,
+                                               "growth__lr_scale": 1.5},
+    **{f"lr 2e-3, lr x{scale:g}": OLD_BASE | {"growth__lr_scale": scale}
+       for scale in (1.5, 1.75, 2.0, 2.5, 3.0)},
+    "lr x1.5": {"growth__lr_scale": 1.5},
+}
 
 
 def half_ramp(spec):
@@ -160,12 +174,11 @@ VARIANTS = {
     **{name: (f"MSG, lr multipliers {scales}", with_lr_scales(scales))
        for name, scales in LR_SCALES.items()},
     "ramp / 2": ("MSG, lr x1, half the ramp", half_ramp),
-    "warmup 5%, lr x1.5/1.5/1.5": ("MSG, warmup 5% of the run, lr multipliers "
-                                   f"{LR_SCALES['lr x1.5/1.5/1.5']}",
-                                   both(with_warmup(0.05), with_lr_scales(
-                                       LR_SCALES["lr x1.5/1.5/1.5"]))),
-    "scratch, warmup 5%": ("the final architecture from scratch, warmup 5% of the run",
-                           with_warmup(0.05)),
+    **{name: (f"{'' if name.startswith('scratch') else 'MSG, '}{name}", with_fields(**fields))
+       for name, fields in SEED_STUDY.items()},
+    "lr 2e-3, lr x1.75, growth at 44/68/88%": (
+        "MSG, lr 2e-3, lr x1.75, growth at 44/68/88%",
+        both(with_fields(**OLD_BASE, growth__lr_scale=1.75), at_fractions(0.44, 0.68, 0.88))),
     "lr x1, init match": ("MSG, lr x1, init match", both(with_lr_scales(LR_SCALES["lr x1"]),
                                                           with_init("match"))),
     **{name: (f"MSG, {name}", change) for name, change in TIMINGS.items()},
