@@ -388,8 +388,14 @@ class TrainSpec(_StrictModel):
         0.1, description="Final learning rate as a fraction of `lr`."
     )
     warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description="Linear warmup steps.")
-    schedule: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate decay after warmup, over the whole run."
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = Field(
+        "cosine", description="Learning-rate decay after warmup, over the whole run; wsd "
+        "(warmup-stable-decay) holds the peak and decays linearly over the last "
+        "`decay_fraction` of the run."
+    )
+    decay_fraction: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.2, description="The share of the run over which `wsd` decays (other schedules "
+        "ignore it)."
     )
     weight_decay: Annotated[float, Field(ge=0)] = Field(0.01, description="AdamW weight decay.")
     grad_clip: Annotated[float, Field(ge=0)] = Field(
@@ -427,7 +433,18 @@ class TrainSpec(_StrictModel):
                 "lower warmup_steps",
                 "warmup_steps",
             )
+        if self.schedule == "wsd" and self.steps - self.decay_steps() < self.warmup_steps:
+            raise _rule_error(
+                f"the wsd decay (the last {self.decay_steps()} of {self.steps} steps) starts "
+                f"before warmup_steps ({self.warmup_steps}) ends; lower decay_fraction "
+                "or warmup_steps",
+                "decay_fraction",
+            )
         return self
+
+    def decay_steps(self) -> int:
+        """How many of the run's last steps the `wsd` schedule decays over (at least 1)."""
+        return max(1, round(self.decay_fraction * self.steps))
 
 
 def _apply_stage(sizes: dict[str, int], stage: Stage) -> dict[str, int]:

@@ -104,6 +104,10 @@ BAD_SPECS: list[tuple[str, Callable[[dict], Any], str]] = [
      "train.min_lr_ratio"),
     ("warmup shorter than run", lambda d: d["train"].update(warmup_steps=100),
      "train.warmup_steps"),
+    ("wsd decay after the warmup", lambda d: d["train"].update(
+        schedule="wsd", warmup_steps=50, decay_fraction=0.6), "train.decay_fraction"),
+    ("decay_fraction at most 1", lambda d: d["train"].update(decay_fraction=1.5),
+     "train.decay_fraction"),
     ("seq_len fits the model", lambda d: d["train"].update(seq_len=64), "train.seq_len"),
     ("bad dtype", lambda d: d["train"].update(dtype="fp8"), "train.dtype"),
     ("ramp_steps at least 1", lambda d: d["growth"].update(ramp_steps=0), "growth.ramp_steps"),

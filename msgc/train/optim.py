@@ -9,9 +9,11 @@ Parameter groups
 Learning rate
     ``learning_rate(step, train)`` is a pure function of the optimizer step (0-based): linear
     warmup over ``warmup_steps`` (step 0 already gets ``lr / warmup_steps``), then cosine, linear
-    or constant decay to ``lr * min_lr_ratio`` at the run's last step ``steps - 1``. It spans the
-    whole run, so growth never restarts it; the trainer writes it into every group before each
-    optimizer step, which also covers the groups of an optimizer rebuilt at a growth event.
+    or constant decay to ``lr * min_lr_ratio`` at the run's last step ``steps - 1``; ``wsd``
+    holds the peak and decays linearly over the run's last ``decay_fraction`` only, so growth
+    events before that train at the full rate. It spans the whole run, so growth never
+    restarts it; the trainer writes it into every group before each optimizer step, which
+    also covers the groups of an optimizer rebuilt at a growth event.
 
 State transfer (``transfer_optimizer``)
     At a growth event every parameter of the grown model with an origin gets its source's
@@ -82,11 +84,16 @@ def learning_rate(step: int, train: TrainSpec) -> float:
     if train.schedule == "constant":
         return peak
     floor = peak * train.min_lr_ratio
-    decay_steps = max(1, train.steps - 1 - train.warmup_steps)
-    progress = min(1.0, (step - train.warmup_steps) / decay_steps)  # 0 -> 1 at the last step
+    decay_start = train.warmup_steps
+    if train.schedule == "wsd":
+        decay_start = train.steps - train.decay_steps()
+        if step < decay_start:
+            return peak  # the stable phase
+    decay_steps = max(1, train.steps - 1 - decay_start)
+    progress = min(1.0, (step - decay_start) / decay_steps)  # 0 -> 1 at the last step
     if train.schedule == "cosine":
         return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    return peak - (peak - floor) * progress  # linear
+    return peak - (peak - floor) * progress  # linear, and wsd's decay
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:

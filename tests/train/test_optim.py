@@ -61,6 +61,14 @@ def test_linear_and_constant_schedules() -> None:
     assert {learning_rate(s, constant) for s in range(11)} == {1.0}
 
 
+def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction() -> None:
+    train = train_spec(steps=20, warmup_steps=2, schedule="wsd", decay_fraction=0.25)
+    rates = [learning_rate(s, train) for s in range(20)]
+    assert rates[:2] == [0.5, 1.0]  # warmup
+    assert set(rates[2:16]) == {1.0}  # stable until the last 5 steps
+    assert rates[15:] == pytest.approx([1.0, 0.775, 0.55, 0.325, 0.1])
+
+
 def test_set_learning_rate_reaches_every_group() -> None:
     optimizer = build_optimizer(nn.Linear(3, 2), train_spec(lr=0.5, schedule="constant"))
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.5]
