@@ -144,6 +144,16 @@ def test_flops_count() -> None:
     # untied head: the token table is a pure lookup, the head a separate matmul
     assert matmul_parameters(model) == count_parameters(model) - llama.vocab_size * llama.hidden
 
+    bert = load_spec(REPO / "specs" / "bert-tiny.yaml").model
+    model = build_model(bert)
+    d, v = bert.hidden, bert.vocab_size
+    head = d * d + d + 2 * d + d * v + v  # dense, norm, tied decoder and its bias
+    body = matmul_parameters(model) - head
+    attention = 4 * bert.layers * 128 * bert.heads * bert.head_dim  # bidirectional
+    # the MLM head runs at the 15% of positions that are predicted
+    assert train_flops_per_token(model, bert, 128) == 3 * (2 * (body + round(0.15 * head))
+                                                           + attention)
+
 
 def test_demo(capsys: pytest.CaptureFixture[str], tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> None:

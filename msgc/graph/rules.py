@@ -438,7 +438,8 @@ def _record_split_sizes(a: Analysis, node: fx.Node, pieces: list[int]) -> None:
 
 
 def rule_getitem(a: Analysis, node: fx.Node) -> None:
-    """getitem: an element of a split's tuple, or tensor indexing with slices/None/ints."""
+    """getitem: an element of a split's tuple, or tensor indexing with slices, None, ints
+    or one boolean mask."""
     source, index = node.args[:2]
     if source in a.element_carries:
         a.dims[node] = a.dims[source][index]
@@ -468,12 +469,22 @@ def _index_tensor(a: Analysis, node: fx.Node, x: fx.Node, index: tuple) -> None:
         elif isinstance(item, int):
             a.forbid(node, dims[d_in], "integer indexing")
             d_in += 1
+        elif _is_bool_mask(item):  # x[mask]: the mask's k dims become one (N,) dim
+            for j, mask_atom in enumerate(a.of(item)):
+                a.unify(mask_atom, dims[d_in + j], node)
+                a.forbid(node, dims[d_in + j], "boolean-mask indexing")
+            d_in, d_out = d_in + len(a.of(item)), d_out + 1
         else:
             raise GraphError(f"{where(node)}: indexing with {type(item).__name__} is not "
-                             "supported; use slices, None or integers")
+                             "supported; use slices, None, integers or a boolean mask")
     while d_in < len(dims):
         _tie_index(a, node, x, d_in, d_out)
         d_in, d_out = d_in + 1, d_out + 1
+
+
+def _is_bool_mask(item) -> bool:
+    meta = item.meta.get("tensor_meta") if isinstance(item, fx.Node) else None
+    return getattr(meta, "dtype", None) is torch.bool
 
 
 def _tie_index(a, node, x, d_in, d_out) -> None:

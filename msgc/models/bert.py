@@ -114,12 +114,21 @@ class Bert(nn.Module):
         self.apply(init_weights)
 
     def forward(
-        self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        predict: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """MLM logits (B, T, vocab); token_type_ids (B, T) default to all zeros."""
+        """MLM logits (B, T, vocab); token_type_ids (B, T) default to all zeros.
+
+        With `predict`, a bool (B, T) mask of the positions to score, the head runs at those
+        positions alone and the logits are (N, vocab) in row-major order of the mask, as in
+        the original BERT (the head is most of a small model's compute)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)  # (B, T)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
         for layer in self.layers:
             x = layer(x)
-        return self.head(x)  # (B, T, vocab)
+        if predict is not None:
+            x = x[predict]  # (N, C)
+        return self.head(x)  # (B, T, vocab) or (N, vocab)

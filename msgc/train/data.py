@@ -53,6 +53,7 @@ from msgc.train.corpus import SPLITS, corpus_fingerprint, load_corpus
 from msgc.train.tokenizer import Tokenizer, default_cache_dir, get_tokenizer, line_chunks
 
 IGNORE_INDEX = -100
+MLM_PROB = 0.15  # the share of positions an MLM batch predicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ class BatchSampler:
         return w[:, :-1], w[:, 1:]
 
     def mlm(
-        self, step: int, mask_id: int, vocab_size: int, prob: float = 0.15
+        self, step: int, mask_id: int, vocab_size: int, prob: float = MLM_PROB
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's MLM batch ``(inputs, labels)`` at ``step`` (shard-invariant masks)."""
         w = _windows(self.tokens, self.offsets(step), self.seq_len)
@@ -223,7 +224,7 @@ def mlm_batch(
     mask_id: int,
     vocab_size: int,
     generator: torch.Generator | np.random.Generator,
-    prob: float = 0.15,
+    prob: float = MLM_PROB,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT masking of ``x`` (see module doc); deterministic given the generator's state."""
     shape = tuple(x.shape)

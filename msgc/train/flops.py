@@ -10,6 +10,7 @@ from torch import nn
 
 from msgc.models import build_model, count_parameters
 from msgc.spec import FamilyModelSpec
+from msgc.train.data import MLM_PROB
 
 __all__ = ["build_on_meta", "matmul_parameters", "stage_cost", "train_flops_per_token"]
 
@@ -52,11 +53,15 @@ def train_flops_per_token(model: nn.Module, arch: FamilyModelSpec, seq_len: int)
     2 FLOPs per matmul parameter and token, N = `matmul_parameters` (embedding lookups
     excluded, the output head included), plus the attention score and value matmuls,
     4 T d_attn per layer and token with d_attn = heads * head_dim, T = seq_len. A causal
-    model (gpt2, llama) computes half of those on average. Backward costs twice the
-    forward, so training costs 3x the forward. `model` must be the reference model built
-    from `arch` (its modules tell embeddings from matmuls).
+    model (gpt2, llama) computes half of those on average. A bert runs its MLM head at the
+    predicted positions alone (``MLM_PROB`` of the tokens), so the head counts that share.
+    Backward costs twice the forward, so training costs 3x the forward. `model` must be the
+    reference model built from `arch` (its modules tell embeddings from matmuls).
     """
     attention = 4 * arch.layers * seq_len * arch.heads * arch.head_dim
-    if arch.family != "bert":
+    matmuls = matmul_parameters(model)
+    if arch.family == "bert":  # the MLM head runs at the predicted positions alone
+        matmuls -= round((1 - MLM_PROB) * matmul_parameters(model.head))
+    else:
         attention //= 2
-    return 3 * (2 * matmul_parameters(model) + attention)
+    return 3 * (2 * matmuls + attention)

@@ -57,3 +57,9 @@ def is_masked_lm(spec: Spec) -> bool:
     if isinstance(spec.model, FamilyModelSpec):
         return spec.model.family == "bert"
     return spec.model.task == "masked"
+
+
+def has_masked_head(spec: Spec) -> bool:
+    """The model takes the positions to score and runs its MLM head there alone (the
+    bert family; see msgc.models.bert.Bert.forward)."""
+    return isinstance(spec.model, FamilyModelSpec) and spec.model.family == "bert"

@@ -6,7 +6,10 @@ Causal LM (gpt2, llama)
 
 Masked LM (bert)
     Training batches are BERT-masked (15%, 80/10/10) by ``BatchSampler.mlm``; the loss is the
-    cross-entropy at the predicted positions (labels -100 are ignored). Evaluation masks the
+    cross-entropy at the predicted positions (labels -100 are ignored). A model with a
+    masked head (the bert family: ``masked_head=True``) is called as ``model(inputs,
+    token_types, predict)`` with ``predict`` the bool (B, T) mask of those positions and runs
+    its head there alone, returning (N, V) logits; others return (B, T, V). Evaluation masks the
     same windows with a generator seeded by the batch's index alone, so every run (any seed)
     sees the same masks, and scores each token at most once (positions a flush-end window
     shares with the window before it are not predicted).
@@ -64,6 +67,7 @@ class Task:
         seq_len: int,
         seed: int,
         mlm: bool,
+        masked_head: bool = False,
         rank: int = 0,
         world_size: int = 1,
         pad_eval: bool = False,
@@ -74,6 +78,7 @@ class Task:
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.mlm = mlm
+        self.masked_head = masked_head  # the model scores the predicted positions alone
         self.sampler = BatchSampler(data.train, batch_size, seq_len, seed, rank, world_size)
         self.global_sampler = BatchSampler(data.train, batch_size, seq_len, seed)
         self.token_bytes = torch.tensor(  # (V,) UTF-8 bytes per id
@@ -100,9 +105,26 @@ class Task:
              reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy over the scored targets, their mean (or ``reduction="sum"``: their
         sum), a 0-d tensor."""
-        logits = model(inputs)  # (B, T, V)
-        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
-                               ignore_index=IGNORE_INDEX, reduction=reduction)
+        logits, scored = self._logits(model, inputs, targets)  # (M, V), (M,)
+        return F.cross_entropy(logits.float(), scored, ignore_index=IGNORE_INDEX,
+                               reduction=reduction)
+
+    def model_inputs(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
+                                                                                 ...]:
+        """The model's arguments for a batch: ``(inputs,)``, or with a masked head ``(inputs,
+        token_types, predict)``, token types all 0 and ``predict`` the scored positions."""
+        if not self.masked_head:
+            return (inputs,)
+        return inputs, torch.zeros_like(inputs), targets != IGNORE_INDEX
+
+    def _logits(self, model: nn.Module, inputs: torch.Tensor,
+                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and targets row by row: (B*T, V) and (B*T,), or with a masked head (N, V)
+        and (N,) at the N scored positions."""
+        logits = model(*self.model_inputs(inputs, targets))  # (B, T, V) or (N, V)
+        if self.masked_head:
+            return logits, targets[targets != IGNORE_INDEX]
+        return logits.flatten(0, 1), targets.flatten()
 
     @torch.no_grad()
     def evaluate(
@@ -120,8 +142,8 @@ class Task:
         for inputs, targets in self._eval_batches(split, max_batches):
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast():
-                logits = model(inputs)  # (B, T, V)
-            nll += float(F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                logits, scored_targets = self._logits(model, inputs, targets)  # (M, V), (M,)
+            nll += float(F.cross_entropy(logits.float(), scored_targets,
                                          ignore_index=IGNORE_INDEX, reduction="sum"))
             scored = targets[targets != IGNORE_INDEX].cpu()
             count += scored.numel()

@@ -63,7 +63,7 @@ from msgc.train.data import IGNORE_INDEX, TokenData
 from msgc.train.distributed import Parallel, rank_seed
 from msgc.train.flops import stage_cost
 from msgc.train.metrics import MetricsLog
-from msgc.train.models import is_masked_lm, make_model, vocab_size
+from msgc.train.models import has_masked_head, is_masked_lm, make_model, vocab_size
 from msgc.train.optim import (
     build_optimizer,
     learning_rate,
@@ -156,7 +156,8 @@ class Trainer:
         self.device = self.parallel.device(resolve_device(train.device))
         self.precision = Precision(self.device, train.dtype)
         self.task = Task(tokenizer, data, train.batch_size, train.seq_len, train.seed,
-                         mlm=is_masked_lm(spec), rank=self.parallel.rank,
+                         mlm=is_masked_lm(spec), masked_head=has_masked_head(spec),
+                         rank=self.parallel.rank,
                          pad_eval=self.fixed_batch,
                          world_size=self.parallel.world_size)
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
@@ -423,9 +424,10 @@ class Trainer:
         """`model` grown to `stage` (the `index`-th growth) exactly as the run does it."""
         growth = self.spec.growth
         rows = self.spec.train.batch_size if self.fixed_batch else 2
-        example = self.task.example_batch(step * self.spec.train.grad_accum_steps, rows)[0]
+        example = self.task.model_inputs(*(t.to(self.device) for t in self.task.example_batch(
+            step * self.spec.train.grad_accum_steps, rows)))
         return msgc.grow(
-            model, (example.to(self.device),), **stage.sizes(), init=growth.init,
+            model, example, **stage.sizes(), init=growth.init,
             init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
             depth_placement=growth.depth_placement, verify=verify,
         ).to(self.device).train()

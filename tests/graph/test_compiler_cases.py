@@ -62,3 +62,28 @@ def test_hidden_only_with_sizes_from_x_size():
     model, ids = Tiny(), torch.randint(0, 50, (2, 8))
     grown = _check(model, ids, hidden=32)
     assert grown.get_parameter("blocks.0.qkv.weight").shape == (48, 32)
+
+
+class MaskedHeadLM(Tiny):
+    """Tiny whose head runs at the positions of a boolean mask alone: x[predict] is (N, d)."""
+
+    def forward(self, ids, predict):
+        x = self.emb(ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x[predict])  # (N, vocab)
+
+
+def test_boolean_mask_indexing_grows_and_keeps_any_mask():
+    torch.manual_seed(0)
+    model, ids = MaskedHeadLM(), torch.randint(0, 50, (2, 8))
+    predict = torch.rand(2, 8) < 0.3
+    grown = msgc.grow(model, (ids, predict), init_std=1.0, hidden=32, heads=4, ffn=128,
+                      layers=3)
+    assert grown.get_parameter("head.weight").shape == (50, 32)
+    other = torch.rand(2, 8) < 0.6  # a different number of positions than traced
+    with torch.no_grad():
+        torch.testing.assert_close(grown.eval()(ids, other), model.eval()(ids, other),
+                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grown(ids, other), grown(ids, torch.ones_like(other))[
+            other.flatten()], rtol=1e-5, atol=1e-5)

@@ -127,7 +127,7 @@ def test_init_is_deterministic_and_gpt2_like(family):
 @pytest.mark.parametrize("sizes", SIZE_CASES)
 def test_fx_trace_matches_eager_with_symbolic_sizes(family, sizes):
     model = build(family, **sizes).eval()
-    concrete = {"token_type_ids": None} if family == "bert" else None
+    concrete = {"token_type_ids": None, "predict": None} if family == "bert" else None
     gm = torch.fx.symbolic_trace(model, concrete_args=concrete)
     # batch and sequence sizes stay symbolic: other sizes than any seen run through
     for B, T in [(2, 8), (3, 5), (1, 16)]:
@@ -144,6 +144,15 @@ def test_bert_token_types():
     ones = torch.ones_like(idx)
     torch.testing.assert_close(model(idx), model(idx, zeros), rtol=0, atol=0)
     assert not torch.allclose(model(idx), model(idx, ones))
+
+
+def test_bert_masked_head_scores_the_predicted_positions_alone():
+    model = build("bert").eval()
+    idx = tokens()
+    predict = torch.rand(idx.shape, generator=torch.Generator().manual_seed(0)) < 0.3
+    logits = model(idx, torch.zeros_like(idx), predict)
+    assert logits.shape == (int(predict.sum()), 97)
+    torch.testing.assert_close(logits, model(idx)[predict])
 
 
 @pytest.mark.parametrize("family", CAUSAL)
