@@ -15,7 +15,8 @@ import torch  # noqa: E402
 
 from msgc.train.corpus import load_corpus  # noqa: E402
 
-torch.set_num_threads(2)
+TEST_THREADS = 2  # subprocesses that must match in-process results get it too
+torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture(scope="module")

@@ -105,12 +105,15 @@ def test_grow(name: str, case: str) -> None:
         g = grown_sd[k]
         assert g.dim() == v.dim() and all(a >= b for a, b in zip(g.shape, v.shape, strict=True)), k
 
-    # fold at c = 1 equals grown at c = 1
+    # fold at c = 1 equals grown at c = 1, to fp32 rounding: folding reorders float ops
+    # (masks into weights, masked norms into plain ones), and with new weights at std 1.0 the
+    # two orders' rounding differs by up to ~1.3e-5 on some CPUs (vit_conv_patches_cls); a
+    # wrong fold is off by far more than 1e-4
     grown.set_masks(1.0)
     plain = msgc.fold(grown)
     assert not isinstance(plain, msgc.GrownModule)
     folded_out = outputs(plain, inputs)
-    assert rel_err(folded_out, at_one) <= 1e-5
+    assert rel_err(folded_out, at_one) <= 1e-4
     assert rel_err(outputs(grown, inputs), at_one) == 0.0  # fold left the grown model alone
 
     # the folded model grows again and still preserves

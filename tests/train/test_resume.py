@@ -18,6 +18,7 @@ from msgc.train.checkpoint import list_checkpoints
 from msgc.train.data import prepare_data
 from msgc.train.metrics import read_metrics
 from msgc.train.trainer import Trainer
+from tests.conftest import TEST_THREADS
 from tests.train.test_trainer import make_spec
 
 # growth at 4 (width + heads) and 10 (ffn + depth), ramp 3: folds at the start of 7 and 13;
@@ -82,7 +83,8 @@ def test_sigkill_anywhere_then_resume(text_file, cache, tmp_path, reference):
     spec_path = tmp_path / "spec.yaml"
     spec.dump(spec_path)
     run_dir = tmp_path / "run"
-    env = dict(os.environ, MSGC_CACHE=str(cache))
+    # the reference ran in this process: same thread count, same float rounding
+    env = dict(os.environ, MSGC_CACHE=str(cache), OMP_NUM_THREADS=str(TEST_THREADS))
     command = [sys.executable, "-m", "msgc", "train", str(spec_path)]
     killed_at = []
     for index, stop in enumerate([4, 7, 11]):
