@@ -121,9 +121,10 @@ class Task:
                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and targets row by row: (B*T, V) and (B*T,), or with a masked head (N, V)
         and (N,) at the N scored positions."""
-        logits = model(*self.model_inputs(inputs, targets))  # (B, T, V) or (N, V)
+        args = self.model_inputs(inputs, targets)
+        logits = model(*args)  # (B, T, V), or (N, V) with a masked head
         if self.masked_head:
-            return logits, targets[targets != IGNORE_INDEX]
+            return logits, targets[args[-1]]  # the predict mask picks the N targets
         return logits.flatten(0, 1), targets.flatten()
 
     @torch.no_grad()
