@@ -483,6 +483,7 @@ def _index_tensor(a: Analysis, node: fx.Node, x: fx.Node, index: tuple) -> None:
 
 
 def _is_bool_mask(item) -> bool:
+    """An index that is a traced boolean tensor (its shape propagated as bool)."""
     meta = item.meta.get("tensor_meta") if isinstance(item, fx.Node) else None
     return getattr(meta, "dtype", None) is torch.bool
 
