@@ -30,9 +30,9 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from msgc.train.cross_entropy import cross_entropy
 from msgc.train.data import (
     IGNORE_INDEX,
     BatchSampler,
@@ -106,8 +106,7 @@ class Task:
         """Cross-entropy over the scored targets, their mean (or ``reduction="sum"``: their
         sum), a 0-d tensor."""
         logits, scored = self._logits(model, inputs, targets)  # (M, V), (M,)
-        return F.cross_entropy(logits.float(), scored, ignore_index=IGNORE_INDEX,
-                               reduction=reduction)
+        return cross_entropy(logits, scored, IGNORE_INDEX, reduction)
 
     def model_inputs(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
                                                                                  ...]:
@@ -144,8 +143,7 @@ class Task:
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast():
                 logits, scored_targets = self._logits(model, inputs, targets)  # (M, V), (M,)
-            nll += float(F.cross_entropy(logits.float(), scored_targets,
-                                         ignore_index=IGNORE_INDEX, reduction="sum"))
+            nll += float(cross_entropy(logits, scored_targets, IGNORE_INDEX, "sum"))
             scored = targets[targets != IGNORE_INDEX].cpu()
             count += scored.numel()
             nbytes += int(self.token_bytes[scored].sum())
