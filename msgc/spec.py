@@ -342,6 +342,10 @@ class GrowthSpec(_StrictModel):
     depth_placement: Literal["stack", "interleave"] = Field(
         "stack", description="Where new blocks go: on top, or each after its source."
     )
+    fuse: bool = Field(
+        True, description="Run ramps through msgc.fuse: mask-scaled linears and masked norms "
+        "as msgc.kernels' fused ops (false: the masks as separate multiplies)."
+    )
     lr_scale: PosFloat = Field(
         1.0, description="Learning-rate multiplier of the starting model (times train.lr "
         "and its schedule); stages may change it."

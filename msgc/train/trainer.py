@@ -5,7 +5,8 @@ Each optimizer step ``s`` (0-based) trains the architecture ``spec.arch_at(s)``:
 1. structure: if masks are ramping since a growth at step ``g``, set them to
    ``c = (s - g) / ramp_steps``; at ``c = 1`` fold them away (``msgc.fold`` keeps the
    Parameters, so the optimizer carries on). Then, if a stage starts at ``s``, grow through
-   ``msgc.grow`` (verify on, masks at 0), move the AdamW state to the grown parameters
+   ``msgc.grow`` (verify on, masks at 0; then ``msgc.fuse`` unless ``growth.fuse`` is
+   false), move the AdamW state to the grown parameters
    (``transfer_optimizer``), and check that the loss on this step's first micro-batch, in
    eval mode and fp32, is the same just before and just after (1e-5 relative).
 2. ``grad_accum_steps`` micro-batches forward and backward under the run's autocast, the
@@ -426,11 +427,12 @@ class Trainer:
         rows = self.spec.train.batch_size if self.fixed_batch else 2
         example = self.task.model_inputs(*(t.to(self.device) for t in self.task.example_batch(
             step * self.spec.train.grad_accum_steps, rows)))
-        return msgc.grow(
+        grown = msgc.grow(
             model, example, **stage.sizes(), init=growth.init,
             init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
             depth_placement=growth.depth_placement, verify=verify,
         ).to(self.device).train()
+        return msgc.fuse(grown) if growth.fuse else grown
 
     def _exact_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
         """The model's loss on this rank's rows of a batch and its mean over all ranks' rows,

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_model
 
+from msgc import kernels
 from msgc.cli import main
 from msgc.models import build_model, count_parameters
 from msgc.spec import FamilyModelSpec, Spec, parse_spec
@@ -77,6 +78,25 @@ def test_two_growth_events_preserve_the_loss_and_reach_the_final_size(
     assert {row["step"] for row in rows if "val_loss" in row} == {3, 7, 11}
     assert math.isfinite(result.test_bpb) and result.val_loss == rows[-1]["val_loss"]
     assert not hasattr(trainer.state.model, "set_masks")  # folded at the end
+
+
+def test_ramps_run_the_fused_kernels_unless_the_spec_says_not_to(
+    text_file: Path, cache: Path
+) -> None:
+    spec = make_spec(text_file, stages=STAGES[:1], steps=8)
+    losses, fused_ops = {}, {}
+    for fuse in (True, False):
+        grown = spec.model_copy(update={"growth": spec.growth.model_copy(update={"fuse": fuse})})
+        tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+        trainer = Trainer(grown, tokenizer, data, None, progress=False)
+        losses[fuse] = [trainer.train_step()["loss"] for _ in range(6)]  # growth at step 4
+        model = trainer.state.model
+        assert 0 < model.mask_value < 1  # mid-ramp
+        fused_ops[fuse] = sum(n.target in (kernels.masked_linear, kernels.masked_norm)
+                              for n in model.graph.nodes)
+    assert fused_ops[True] > 0 and fused_ops[False] == 0
+    assert losses[True][:5] == losses[False][:5]  # the same model until the growth step
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=0)
 
 
 def test_run_directory(text_file: Path, cache: Path, tmp_path: Path) -> None:
