@@ -59,8 +59,7 @@ def _plain(gm: fx.GraphModule, node: fx.Node):
         if act is None:
             return linear
         function, kwargs = _ACTIVATIONS[act]
-        with graph.inserting_before(node):
-            return graph.call_function(function, (linear,), kwargs)
+        return _call(graph, node, function, (linear,), kwargs)
     if node.target is kernels.masked_norm:
         x, weight, bias, mask, eps, kind = node.args
         shape = (fetch_attr(gm, mask.target).shape[0],)
@@ -82,9 +81,13 @@ _ACTIVATIONS = {
 }
 
 
-def _call(graph: fx.Graph, node: fx.Node, function, args):
+def _call(graph: fx.Graph, node: fx.Node, function, args, kwargs=None) -> fx.Node:
+    """A call of `function` before `node`, with `node`'s meta (its module path included, so
+    block detection still places it in its block)."""
     with graph.inserting_before(node):
-        return graph.call_function(function, args)
+        call = graph.call_function(function, args, kwargs)
+    call.meta = dict(node.meta)
+    return call
 
 
 def is_mask(value) -> bool:

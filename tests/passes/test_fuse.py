@@ -72,3 +72,17 @@ def test_fold_removes_fused_ops():
     assert kernels.masked_linear not in targets and kernels.masked_norm not in targets
     with torch.no_grad():
         torch.testing.assert_close(plain(ids), fused(ids), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_fused_then_folded_model_grows_again_in_depth(family):
+    # fold's plain ops keep their blocks' module paths, so the blocks still deepen
+    torch.manual_seed(0)
+    model = build_model(_spec(family))
+    ids = torch.randint(0, 61, (2, 8))
+    fused = msgc.fuse(msgc.grow(model, (ids,), ffn=48))
+    fused.set_masks(1.0)
+    plain = msgc.fold(fused).eval()
+    deeper = msgc.grow(plain, (ids,), layers=3, verify=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(deeper(ids), plain(ids), rtol=1e-5, atol=1e-5)
