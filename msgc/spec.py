@@ -295,6 +295,12 @@ class Stage(_StrictModel):
         None, description="Learning-rate multiplier from this growth on (unset: keep the "
         "previous one); it moves there with the masks over the ramp."
     )
+    lr_restart: PosFloat | None = Field(
+        None, description="Restart the learning-rate decay at this growth: from this "
+        "fraction of train.lr at the stage's step down to the run's final rate, with the "
+        "run's schedule shape (the official MSG code restarts at the peak, 1.0, at its first "
+        "two growth events); the rate moves there with the masks over the ramp."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -372,6 +378,16 @@ class GrowthSpec(_StrictModel):
                     f"stages[{i}].step",
                 )
         return self
+
+    def lr_restarts(self) -> list[tuple[int, float] | None]:
+        """The restart ``(step, fraction of train.lr)`` in force after 0, 1, ... growth
+        events: the latest stage's with `lr_restart` so far (None: no restart yet)."""
+        restarts: list[tuple[int, float] | None] = [None]
+        for stage in self.stages:
+            latest = restarts[-1] if stage.lr_restart is None else (stage.step,
+                                                                     stage.lr_restart)
+            restarts.append(latest)
+        return restarts
 
     def lr_scales(self) -> list[float]:
         """The learning-rate multiplier in force after 0, 1, ... growth events."""

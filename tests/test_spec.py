@@ -116,6 +116,8 @@ BAD_SPECS: list[tuple[str, Callable[[dict], Any], str]] = [
     ("lr_scale positive", lambda d: d["growth"].update(lr_scale=0), "growth.lr_scale"),
     ("stage lr_scale positive", lambda d: stages(d)[1].update(lr_scale=-1.0),
      "growth.stages[1].lr_scale"),
+    ("stage lr_restart positive", lambda d: stages(d)[1].update(lr_restart=0),
+     "growth.stages[1].lr_restart"),
     ("stage needs a size, not only lr_scale",
      lambda d: (stages(d)[1].pop("ffn"), stages(d)[1].update(lr_scale=0.5)),
      "growth.stages[1]:"),

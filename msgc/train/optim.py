@@ -11,9 +11,11 @@ Learning rate
     warmup over ``warmup_steps`` (step 0 already gets ``lr / warmup_steps``), then cosine, linear
     or constant decay to ``lr * min_lr_ratio`` at the run's last step ``steps - 1``; ``wsd``
     holds the peak and decays linearly over the run's last ``decay_fraction`` only, so growth
-    events before that train at the full rate. It spans the whole run, so growth never
-    restarts it; the trainer writes it into every group before each optimizer step, which
-    also covers the groups of an optimizer rebuilt at a growth event.
+    events before that train at the full rate. It spans the whole run; a growth stage with
+    ``lr_restart`` restarts the decay (``restart=(step, fraction)``): from ``fraction * lr`` at
+    that step down to the same final rate at the run's last step, in the same shape. The
+    trainer writes the rate into every group before each optimizer step, which also covers
+    the groups of an optimizer rebuilt at a growth event.
 
 State transfer (``transfer_optimizer``)
     At a growth event every parameter of the grown model with an origin gets its source's
@@ -76,17 +78,22 @@ def build_optimizer(model: nn.Module, train: TrainSpec) -> torch.optim.AdamW:
     )
 
 
-def learning_rate(step: int, train: TrainSpec) -> float:
-    """The learning rate of optimizer step `step` (0-based) of a run of ``train.steps``."""
+def learning_rate(step: int, train: TrainSpec,
+                  restart: tuple[int, float] | None = None) -> float:
+    """The learning rate of optimizer step `step` (0-based) of a run of ``train.steps``;
+    with ``restart=(from_step, fraction)``, the decay restarts at ``fraction * lr`` there."""
     peak = train.lr
     if step < train.warmup_steps:
         return peak * (step + 1) / train.warmup_steps
-    if train.schedule == "constant":
-        return peak
     floor = peak * train.min_lr_ratio
     decay_start = train.warmup_steps
+    if restart is not None and step >= restart[0]:
+        decay_start = max(decay_start, restart[0])
+        peak = train.lr * restart[1]
+    if train.schedule == "constant":
+        return peak
     if train.schedule == "wsd":
-        decay_start = train.steps - train.decay_steps()
+        decay_start = max(decay_start, train.steps - train.decay_steps())
         if step < decay_start:
             return peak  # the stable phase
     decay_steps = max(1, train.steps - 1 - decay_start)

@@ -164,6 +164,7 @@ class Trainer:
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
         self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
         self.lr_scales = spec.growth.lr_scales()  # the multiplier after 0, 1, ... growths
+        self.lr_restarts = spec.growth.lr_restarts()  # the decay restart after 0, 1, ...
         self.stage_flops = ([stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
                             if isinstance(spec.model, FamilyModelSpec) else None)
         self.fingerprint = spec_fingerprint(spec.to_dict())
@@ -497,14 +498,20 @@ class Trainer:
         return mean
 
     def _learning_rate(self, step: int) -> float:
-        """The schedule's rate at `step` times the growth stage's multiplier, which moves
-        from the previous stage's to the current one's with the masks during a ramp."""
-        scales = self.lr_scales
-        scale = scales[self.state.stage]
-        if self.state.ramp_start is not None:
-            previous = scales[self.state.stage - 1]
-            scale = previous + self._mask_at(step) * (scale - previous)
-        return learning_rate(step, self.spec.train) * scale
+        """The schedule's rate at `step` (restarted as the growth stage says) times the
+        stage's multiplier; during a ramp it moves from the previous stage's rate to the
+        current one's with the masks."""
+        stage = self.state.stage
+        rate = self._stage_rate(step, stage)
+        if self.state.ramp_start is None:
+            return rate
+        previous = self._stage_rate(step, stage - 1)
+        return previous + self._mask_at(step) * (rate - previous)
+
+    def _stage_rate(self, step: int, stage: int) -> float:
+        """The rate at `step` of stage `stage` (its restart and multiplier), ramp aside."""
+        return learning_rate(step, self.spec.train, self.lr_restarts[stage]) * \
+            self.lr_scales[stage]
 
     def _micro_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """This rank's loss on a micro-batch, through the wrapper. With several processes it is

@@ -69,6 +69,27 @@ def test_wsd_holds_the_peak_then_decays_linearly_over_the_last_fraction() -> Non
     assert rates[15:] == pytest.approx([1.0, 0.775, 0.55, 0.325, 0.1])
 
 
+def test_a_restart_decays_again_from_its_fraction_of_the_peak_to_the_same_floor() -> None:
+    train = train_spec(schedule="linear")  # 11 steps, 1.0 -> 0.1
+    restart = (6, 0.8)
+    rates = [learning_rate(s, train, restart) for s in range(11)]
+    assert rates[:6] == [learning_rate(s, train) for s in range(6)]  # before: unchanged
+    assert rates[6:] == pytest.approx([0.8, 0.625, 0.45, 0.275, 0.1])
+    cosine = train_spec(schedule="cosine")
+    assert learning_rate(6, cosine, restart) == pytest.approx(0.8)
+    assert learning_rate(10, cosine, restart) == pytest.approx(0.1)
+    assert learning_rate(8, cosine, restart) == pytest.approx(0.45)  # the cosine's middle
+    constant = train_spec(schedule="constant")
+    assert [learning_rate(s, constant, restart) for s in (5, 6, 10)] == [1.0, 0.8, 0.8]
+
+
+def test_a_restart_in_a_wsd_run_holds_its_rate_until_the_decay() -> None:
+    train = train_spec(steps=20, warmup_steps=2, schedule="wsd", decay_fraction=0.25)
+    rates = [learning_rate(s, train, (8, 0.5)) for s in range(20)]
+    assert set(rates[2:8]) == {1.0} and set(rates[8:16]) == {0.5}
+    assert rates[15:] == pytest.approx([0.5, 0.4, 0.3, 0.2, 0.1])
+
+
 def test_set_learning_rate_reaches_every_group() -> None:
     optimizer = build_optimizer(nn.Linear(3, 2), train_spec(lr=0.5, schedule="constant"))
     assert [g["lr"] for g in optimizer.param_groups] == [0.5, 0.5]

@@ -18,6 +18,7 @@ from msgc.spec import FamilyModelSpec, Spec, parse_spec
 from msgc.train.compare import rescale, scratch_spec
 from msgc.train.data import prepare_data
 from msgc.train.metrics import read_metrics
+from msgc.train.optim import learning_rate
 from msgc.train.task import Task
 from msgc.train.trainer import Trainer
 
@@ -177,6 +178,22 @@ def test_learning_rate_multiplier_moves_with_the_masks(text_file: Path, cache: P
     assert lrs == pytest.approx(expected)
     assert trainer.state.optimizer.param_groups[0]["lr"] == pytest.approx(0.015)
     assert scratch_spec(spec).growth.lr_scales() == [1.5]  # scratch trains at the final rate
+
+
+def test_a_stage_restarts_the_decay_and_the_rate_moves_there_with_the_masks(
+        text_file: Path, cache: Path) -> None:
+    stages = [{"step": 4, "hidden": 48, "heads": 3, "lr_restart": 1.0}, {"step": 8, "ffn": 96}]
+    spec = make_spec(text_file, stages=stages, schedule="linear", lr=0.01, warmup_steps=0)
+    assert spec.growth.lr_restarts() == [None, (4, 1.0), (4, 1.0)]
+    trainer, result = run(spec, cache)
+    lrs = [row["lr"] for row in result.rows]
+    plain = [learning_rate(s, spec.train) for s in range(12)]  # 0.01 -> 0.001 over 12 steps
+    restarted = [learning_rate(s, spec.train, (4, 1.0)) for s in range(12)]
+    assert restarted[4] == pytest.approx(0.01) and restarted[11] == pytest.approx(0.001)
+    ramp = [plain[s] + c * (restarted[s] - plain[s]) for s, c in zip(
+        range(4, 7), (0, 1 / 3, 2 / 3), strict=True)]  # the masks' 3-step ramp from step 4
+    assert lrs == pytest.approx(plain[:4] + ramp + restarted[7:])
+    assert scratch_spec(spec).growth.lr_restarts() == [None]  # scratch: the plain schedule
 
 
 def test_compare_writes_the_report(text_file: Path, cache: Path, tmp_path: Path,
