@@ -320,9 +320,9 @@ def format_compare(report: dict[str, Any]) -> str:
 DEMO_SPEC = SPECS_DIR / "gpt-tiny.yaml"
 DEMO_OUT = Path("runs") / "demo"
 DEMO_STEPS = 800
-"""gpt-tiny's 2000-step schedule scaled to 800 steps: both runs fit in about ten minutes on
-two CPU cores (measured on an idle 2-core machine: 0.11 s per 16x128-token step at the first
-stage, 0.36 s at the final size)."""
+"""gpt-tiny's 2000-step schedule scaled to 800 steps: both runs take 10 to 16 minutes on two
+CPU cores (idle 2-core machines measured 0.36 to 0.82 s per 16x128-token step at the final
+size)."""
 
 
 def _add_demo(subparsers: Subparsers) -> None:

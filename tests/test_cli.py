@@ -107,8 +107,8 @@ def test_info_values(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run_main(capsys, "info", GPT_TINY)
     first, last = info_rows(out)[0], info_rows(out)[-1]
     assert first[:8] == ["0", "0", "128", "256", "2", "2", "64", "2"]
-    assert last[:8] == ["3", "1720", "256", "1024", "4", "4", "64", "4"]
-    full = build_model(load_spec(GPT_TINY).arch_at(1720))
+    assert last[:8] == ["3", "1760", "256", "1024", "4", "4", "64", "4"]
+    full = build_model(load_spec(GPT_TINY).arch_at(1760))
     assert last[8] == f"{count_parameters(full) / 1e6:.3g}M"
     assert [row[-1] for row in info_rows(out)] == [
         f"{scale:g}" for scale in load_spec(GPT_TINY).growth.lr_scales()]
