@@ -382,19 +382,21 @@ class GrowthSpec(_StrictModel):
     def lr_restarts(self) -> list[tuple[int, float] | None]:
         """The restart ``(step, fraction of train.lr)`` in force after 0, 1, ... growth
         events: the latest stage's with `lr_restart` so far (None: no restart yet)."""
-        restarts: list[tuple[int, float] | None] = [None]
-        for stage in self.stages:
-            latest = restarts[-1] if stage.lr_restart is None else (stage.step,
-                                                                     stage.lr_restart)
-            restarts.append(latest)
-        return restarts
+        return _carried(None, [None if stage.lr_restart is None
+                               else (stage.step, stage.lr_restart) for stage in self.stages])
 
     def lr_scales(self) -> list[float]:
         """The learning-rate multiplier in force after 0, 1, ... growth events."""
-        scales = [self.lr_scale]
-        for stage in self.stages:
-            scales.append(scales[-1] if stage.lr_scale is None else stage.lr_scale)
-        return scales
+        return _carried(self.lr_scale, [stage.lr_scale for stage in self.stages])
+
+
+def _carried(initial: Any, changes: list[Any]) -> list[Any]:
+    """`initial`, then after each change the value in force: the change, or (None) the
+    previous value carried over."""
+    values = [initial]
+    for change in changes:
+        values.append(values[-1] if change is None else change)
+    return values
 
 
 class TrainSpec(_StrictModel):
