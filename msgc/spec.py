@@ -445,6 +445,11 @@ class TrainSpec(_StrictModel):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
     dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Compute dtype.")
+    fused_head: bool = Field(
+        True, description="Training steps run the LM head and the loss as one chunked op "
+        "(msgc.train.linear_cross_entropy: no (N, V) logits) where the model ends in a "
+        "linear layer (false: logits, then the cross-entropy)."
+    )
 
     @model_validator(mode="after")
     def _check_warmup(self) -> Self:

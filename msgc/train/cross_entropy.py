@@ -33,10 +33,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int
     if logits.ndim != 2 or targets.shape != logits.shape[:1]:
         raise ValueError(f"expected (N, V) logits and (N,) targets, got {tuple(logits.shape)} "
                          f"and {tuple(targets.shape)}")
-    mean = reduction == "mean"
+    divisor = scored_count(targets, ignore_index) if reduction == "mean" else 1
     if torch.is_grad_enabled() and logits.requires_grad:
-        return _CrossEntropy.apply(logits, targets, ignore_index, mean)
-    return _loss_and_gradient(logits, targets, ignore_index, mean, with_gradient=False)[0]
+        return _CrossEntropy.apply(logits, targets, ignore_index, divisor)
+    return loss_and_gradient(logits, targets, ignore_index, divisor, with_gradient=False)[0]
+
+
+def scored_count(targets: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """How many targets are scored (not `ignore_index`): the divisor of a mean loss."""
+    return (targets != ignore_index).sum()
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -44,9 +49,9 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                mean: bool) -> torch.Tensor:
-        loss, gradient = _loss_and_gradient(logits, targets, ignore_index, mean,
-                                            with_gradient=True)
+                divisor: torch.Tensor | int) -> torch.Tensor:
+        loss, gradient = loss_and_gradient(logits, targets, ignore_index, divisor,
+                                           with_gradient=True)
         ctx.save_for_backward(gradient)
         ctx.logits_dtype = logits.dtype
         ctx.used = False
@@ -54,33 +59,41 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
-        if ctx.used:
-            raise RuntimeError("msgc's cross_entropy scales its kept gradient in place, so "
-                               "its backward runs once: compute the loss again instead of "
-                               "retain_graph=True")
-        ctx.used = True
-        (gradient,) = ctx.saved_tensors  # (N, V) d loss / d logits
-        gradient.mul_(grad_loss)  # in place: a fresh (N, V) buffer costs page faults on the CPU
+        (gradient,) = scaled_once(ctx, grad_loss, "cross_entropy")  # (N, V) d loss / d logits
         return gradient.to(ctx.logits_dtype), None, None, None
 
 
-def _loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
-                       mean: bool, with_gradient: bool
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The reduced loss (0-d, fp32) and, if asked, its (N, V) fp32 gradient w.r.t. logits."""
+def scaled_once(ctx, grad_loss: torch.Tensor, op: str) -> tuple[torch.Tensor, ...]:
+    """The gradients a loss's forward kept (``ctx.saved_tensors``), scaled by the upstream
+    `grad_loss` in place: a fresh (N, V) buffer costs page faults on the CPU. So backward
+    may run only once per forward (``ctx.used``)."""
+    if ctx.used:
+        raise RuntimeError(f"msgc's {op} scales its kept gradients in place, so its backward "
+                           "runs once: compute the loss again instead of retain_graph=True")
+    ctx.used = True
+    gradients = ctx.saved_tensors
+    for gradient in gradients:
+        gradient.mul_(grad_loss)
+    return gradients
+
+
+def loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int,
+                      divisor: torch.Tensor | int, with_gradient: bool, overwrite: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The loss summed over the scored targets and divided by `divisor` (0-d, fp32) and, if
+    asked, its (N, V) fp32 gradient w.r.t. `logits`. With `overwrite` an fp32 `logits` buffer
+    becomes the gradient (no new (N, V) buffer)."""
     logits = logits.float()                                        # (N, V)
     scored = targets != ignore_index                               # (N,)
     picked = torch.where(scored, targets, 0).unsqueeze(1)          # (N, 1) ignored rows: 0
     row_max = logits.amax(dim=1, keepdim=True)                     # (N, 1)
-    exp = torch.sub(logits, row_max).exp_()                        # (N, V)
+    picked_logit = logits.gather(1, picked)                        # (N, 1)
+    shifted = logits.sub_(row_max) if overwrite else torch.sub(logits, row_max)
+    exp = shifted.exp_()                                           # (N, V)
     sum_exp = exp.sum(dim=1, keepdim=True)                         # (N, 1)
-    nll = (row_max + sum_exp.log() - logits.gather(1, picked)).squeeze(1)  # (N,)
-    count = scored.sum()
-    loss = torch.where(scored, nll, 0.0).sum()
-    weight = scored.float()                                        # (N,) d loss / d nll
-    if mean:
-        loss = loss / count
-        weight = weight / count
+    nll = (row_max + sum_exp.log() - picked_logit).squeeze(1)      # (N,)
+    loss = torch.where(scored, nll, 0.0).sum() / divisor
+    weight = scored.float() / divisor                              # (N,) d loss / d nll
     if not with_gradient:
         return loss, None
     gradient = exp.mul_(weight.unsqueeze(1) / sum_exp)             # (N, V) weighted softmax

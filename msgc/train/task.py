@@ -41,6 +41,8 @@ from msgc.train.data import (
     eval_batches,
     mlm_batch,
 )
+from msgc.train.linear_cross_entropy import linear_cross_entropy
+from msgc.train.lm_head import HeadInputs
 from msgc.train.tokenizer import Tokenizer
 
 __all__ = ["Evaluation", "Task"]
@@ -104,9 +106,12 @@ class Task:
     def loss(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor,
              reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy over the scored targets, their mean (or ``reduction="sum"``: their
-        sum), a 0-d tensor."""
-        logits, scored = self._logits(model, inputs, targets)  # (M, V), (M,)
-        return cross_entropy(logits, scored, IGNORE_INDEX, reduction)
+        sum), a 0-d tensor. A model split before its head (``msgc.train.lm_head``) runs the
+        head and the loss as one op (``linear_cross_entropy``)."""
+        outputs, scored = self._outputs(model, inputs, targets)  # (M, V) or HeadInputs, (M,)
+        if isinstance(outputs, HeadInputs):
+            return linear_cross_entropy(*outputs, scored, IGNORE_INDEX, reduction)
+        return cross_entropy(outputs, scored, IGNORE_INDEX, reduction)
 
     def model_inputs(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor,
                                                                                  ...]:
@@ -116,15 +121,18 @@ class Task:
             return (inputs,)
         return inputs, torch.zeros_like(inputs), targets != IGNORE_INDEX
 
-    def _logits(self, model: nn.Module, inputs: torch.Tensor,
-                targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and targets row by row: (B*T, V) and (B*T,), or with a masked head (N, V)
-        and (N,) at the N scored positions."""
+    def _outputs(self, model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor
+                 ) -> tuple[torch.Tensor | HeadInputs, torch.Tensor]:
+        """The model's outputs and targets row by row: logits (B*T, V) and targets (B*T,),
+        or with a masked head (N, V) and (N,) at the N scored positions; a split model's
+        `HeadInputs` likewise, their hidden states (B*T, d) or (N, d)."""
         args = self.model_inputs(inputs, targets)
-        logits = model(*args)  # (B, T, V), or (N, V) with a masked head
-        if self.masked_head:
-            return logits, targets[args[-1]]  # the predict mask picks the N targets
-        return logits.flatten(0, 1), targets.flatten()
+        outputs = model(*args)  # (B, T, V), or (N, V) with a masked head
+        scored = targets[args[-1]] if self.masked_head else targets.flatten()
+        if isinstance(outputs, HeadInputs):
+            hidden = outputs.hidden if self.masked_head else outputs.hidden.flatten(0, 1)
+            return outputs._replace(hidden=hidden), scored
+        return (outputs if self.masked_head else outputs.flatten(0, 1)), scored
 
     @torch.no_grad()
     def evaluate(
@@ -142,8 +150,7 @@ class Task:
         for inputs, targets in self._eval_batches(split, max_batches):
             inputs, targets = inputs.to(device), targets.to(device)
             with autocast():
-                logits, scored_targets = self._logits(model, inputs, targets)  # (M, V), (M,)
-            nll += float(cross_entropy(logits, scored_targets, IGNORE_INDEX, "sum"))
+                nll += float(self.loss(model, inputs, targets, reduction="sum"))
             scored = targets[targets != IGNORE_INDEX].cpu()
             count += scored.numel()
             nbytes += int(self.token_bytes[scored].sum())

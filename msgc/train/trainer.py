@@ -63,6 +63,7 @@ from msgc.train.checkpoint import (
 from msgc.train.data import IGNORE_INDEX, TokenData
 from msgc.train.distributed import Parallel, rank_seed
 from msgc.train.flops import stage_cost
+from msgc.train.lm_head import head_split
 from msgc.train.metrics import MetricsLog
 from msgc.train.models import has_masked_head, is_masked_lm, make_model, vocab_size
 from msgc.train.optim import (
@@ -451,9 +452,22 @@ class Trainer:
     # --- processes: wrapping and sharding ------------------------------------------------
 
     def _rewrap(self) -> None:
-        """Wrap the current model for forward and backward (DDP; else the model itself)."""
+        """Wrap the current model for forward and backward (DDP; else the model itself),
+        split before its LM head where ``train.fused_head`` allows (msgc.train.lm_head)."""
         self._wrapper = self.state.model  # drop the old wrapper before making a new one
-        self._wrapper = self.parallel.wrap(self.state.model, self.device)
+        self._wrapper = self.parallel.wrap(self._training_view(), self.device)
+
+    def _training_view(self) -> nn.Module:
+        """The current model split before its head, sharing its parameters; the model itself
+        where it cannot be split, under FSDP (which shards the model in place) and for
+        Hugging Face models (torch.export fixes their batch size)."""
+        model = self.state.model
+        if not self.spec.train.fused_head or self.parallel.sharded or self.fixed_batch:
+            return model
+        example = self.task.model_inputs(*(t.to(self.device) for t in self.task.example_batch(
+            self.state.step * self.spec.train.grad_accum_steps)))
+        view = head_split(model, example)
+        return model if view is None else view
 
     def _sharded(self, model: nn.Module, optimizer: torch.optim.Optimizer
                  ) -> tuple[nn.Module, torch.optim.Optimizer]:

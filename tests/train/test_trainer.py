@@ -100,6 +100,30 @@ def test_ramps_run_the_fused_kernels_unless_the_spec_says_not_to(
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bert"])
+def test_the_fused_head_trains_as_the_plain_head(family: str, text_file: Path,
+                                                 cache: Path) -> None:
+    """train.fused_head: the same run (two growth events, ramps, folds) up to rounding."""
+    stages = STAGES
+    if family == "llama":  # GQA: 2 query heads per kv head, before and after
+        stages = [STAGES[0] | {"heads": 8, "kv_heads": 4}, STAGES[1]]
+    spec = make_spec(text_file, family, stages=stages)
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"dropout": 0.0})})
+    results, wrappers = {}, {}
+    for fused in (True, False):
+        variant = spec.model_copy(update={"train": spec.train.model_copy(
+            update={"fused_head": fused})})
+        tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+        trainer = Trainer(variant, tokenizer, data, None, progress=False)
+        wrappers[fused] = type(trainer._wrapper).__name__
+        results[fused] = trainer.run()
+    assert wrappers[True] == "HeadSplit" and wrappers[False] != "HeadSplit"
+    losses = {fused: [row["loss"] for row in r.rows] for fused, r in results.items()}
+    assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-6)
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-4, atol=0)
+    assert results[True].test_bpb == pytest.approx(results[False].test_bpb, rel=1e-4)
+
+
 def test_run_directory(text_file: Path, cache: Path, tmp_path: Path) -> None:
     spec = make_spec(text_file, stages=STAGES[:1], steps=8)
     out = tmp_path / "run"
