@@ -1,10 +1,12 @@
 """Runtime overhead: msgc's training step against a bare PyTorch loop on the same model.
 
 Both train the spec's final architecture (no growth events) on the same batches with the
-same AdamW settings; the bare loop is forward, loss, backward, clip, step and nothing
-else. Steps are timed interleaved (one trainer step, one bare step, ...) so machine load
-hits both alike; the overhead is the ratio of median step times. A torch.profiler table
-of one trainer step shows where the time goes. JSON to benchmarks/results/.
+same AdamW settings and the same loss (with ``train.fused_head``, the bare loop also trains
+the model split before its head, so both run the fused head + loss); the bare loop is
+forward, loss, backward, clip, step and nothing else. Steps are timed interleaved (one
+trainer step, one bare step, ...) so machine load hits both alike; the overhead is the
+ratio of median step times. A torch.profiler table of one trainer step shows where the
+time goes. JSON to benchmarks/results/.
 
     python benchmarks/runtime_overhead.py [--spec specs/gpt-tiny.yaml] [--steps 30]
 """
@@ -23,6 +25,7 @@ from msgc.models import build_model
 from msgc.spec import load_spec
 from msgc.train.compare import scratch_spec
 from msgc.train.data import prepare_data
+from msgc.train.lm_head import head_split
 from msgc.train.optim import build_optimizer
 from msgc.train.trainer import Trainer
 
@@ -56,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = build_model(spec.model).train()
     optimizer = build_optimizer(model, spec.train)
+    if spec.train.fused_head:  # the same loss as the trainer's
+        model = head_split(model, trainer.task.model_inputs(*trainer.task.example_batch(0)))
     timed = {"trainer": [], "bare": []}
     for step in range(args.steps + 3):
         start = time.perf_counter()
