@@ -117,10 +117,11 @@ class _Corrupt(Exception):
 
 
 def spec_fingerprint(spec_dict: dict[str, Any]) -> str:
-    """A hash of the spec's model and growth sections and the run-shaping train fields."""
+    """A hash of the spec's model and growth sections and the run-shaping train fields
+    (``fused_head`` only changes how the loss is computed: a run may resume either way)."""
     train = {k: v for k, v in spec_dict.get("train", {}).items()
              if k not in ("eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints",
-                          "device")}
+                          "device", "fused_head")}
     shaped = {"model": spec_dict.get("model"), "growth": spec_dict.get("growth"),
               "train": train}
     return hashlib.sha256(json.dumps(shaped, sort_keys=True, default=str).encode()).hexdigest()

@@ -72,3 +72,11 @@ def test_fingerprint_ignores_evaluation_settings():
     other = {"model": {"hidden": 8}, "growth": {}, "train": {"steps": 10, "eval_every": 7}}
     changed = {"model": {"hidden": 16}, "growth": {}, "train": {"steps": 10, "eval_every": 5}}
     assert spec_fingerprint(base) == spec_fingerprint(other) != spec_fingerprint(changed)
+
+
+def test_fingerprint_lets_a_run_resume_with_the_fused_head_on_or_off():
+    """Checkpoints from before train.fused_head existed, or with it toggled, still resume."""
+    old = {"model": {"hidden": 8}, "growth": {}, "train": {"steps": 10}}
+    fused = {"model": {"hidden": 8}, "growth": {}, "train": {"steps": 10, "fused_head": True}}
+    plain = {"model": {"hidden": 8}, "growth": {}, "train": {"steps": 10, "fused_head": False}}
+    assert spec_fingerprint(old) == spec_fingerprint(fused) == spec_fingerprint(plain)
