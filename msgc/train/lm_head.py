@@ -50,7 +50,7 @@ def head_split(model: nn.Module, example_inputs: tuple) -> fx.GraphModule | None
     output = next(node for node in graph.nodes if node.op == "output")
     logits = output.args[0]
     head = _head_inputs(logits)
-    if head is None:
+    if head is None or len(logits.users) != 1:  # the logits feed the output alone
         return None
     with graph.inserting_before(output):
         inputs = graph.call_function(HeadInputs, head)

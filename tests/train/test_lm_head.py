@@ -107,6 +107,19 @@ class FunctionalHead(nn.Module):
         return F.linear(self.emb(ids), self.emb.weight * 0.5)
 
 
-@pytest.mark.parametrize("model", [ScaledHead(), FunctionalHead()], ids=lambda m: type(m).__name__)
+class TwoOutputs(nn.Module):
+    """Returns the logits and another tensor (a z-loss-like term): not logits alone."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.head = nn.Embedding(97, 16), nn.Linear(16, 97)
+
+    def forward(self, ids):
+        logits = self.head(self.emb(ids))
+        return logits, logits.logsumexp(-1)
+
+
+@pytest.mark.parametrize("model", [ScaledHead(), FunctionalHead(), TwoOutputs()],
+                         ids=lambda m: type(m).__name__)
 def test_models_not_ending_in_a_parameter_linear_are_not_split(model):
     assert head_split(model, example("gpt2")) is None
