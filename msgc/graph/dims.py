@@ -173,6 +173,14 @@ def fetch_attr(gm: fx.GraphModule, target: str):
     return obj
 
 
+def linear_args(node: fx.Node) -> tuple:
+    """(input, weight, bias) of a ``linear`` call, whichever way they were passed (bias
+    None when absent)."""
+    args = list(node.args) + [None] * (3 - len(node.args))
+    names = ("input", "weight", "bias")
+    return tuple(node.kwargs.get(name, arg) for name, arg in zip(names, args, strict=True))
+
+
 def op_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from msgc.errors import GraphError
-from msgc.graph.dims import Analysis, Carry, SizeArg, where
+from msgc.graph.dims import Analysis, Carry, SizeArg, linear_args, where
 from msgc.ops import AttentionDropout
 
 aten = torch.ops.aten
@@ -561,8 +561,7 @@ def rule_stack(a: Analysis, node: fx.Node) -> None:
 
 def rule_linear(a: Analysis, node: fx.Node) -> None:
     """linear(x, W, b): x[-1] ~ W[1] (contracted), out[-1] ~ W[0] ~ b[0]."""
-    x, weight = node.args[:2]
-    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    x, weight, bias = linear_args(node)
     _contract(a, node, x, weight, in_dim=1, out_dim=0, bias=bias)
 
 

@@ -15,7 +15,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from msgc import kernels, ops
-from msgc.graph.dims import fetch_attr
+from msgc.graph.dims import fetch_attr, linear_args
 from msgc.passes.masks import MASKS
 
 aten = torch.ops.aten
@@ -61,8 +61,7 @@ def _last_dim_mask(gm: fx.GraphModule, node: fx.Node) -> fx.Node | None:
 
 
 def _fuse_linear(gm, linear: fx.Node, mul: fx.Node, mask: fx.Node) -> int:
-    x, weight = linear.args[:2]
-    bias = linear.args[2] if len(linear.args) > 2 else linear.kwargs.get("bias")
+    x, weight, bias = linear_args(linear)
     act, last = _activation_after(mul)
     with gm.graph.inserting_before(last):
         new = gm.graph.call_function(kernels.masked_linear, (x, weight, bias, mask),

@@ -110,13 +110,17 @@ def _chunked(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
             continue
         gradient = gradient.to(hidden.dtype)                       # (r, V) d loss / d logits
         torch.mm(gradient, weight, out=grad_hidden[start:start + rows])
-        grad_weight.addmm_(gradient.t(), h) if fp32 else grad_weight.add_(gradient.t() @ h)
+        if fp32:
+            grad_weight.addmm_(gradient.t(), h)                    # (V, d) += (V, r) @ (r, d)
+        else:  # the product in the head's dtype, accumulated in fp32
+            grad_weight += gradient.t() @ h
         if grad_bias is not None:
             grad_bias += gradient.sum(0)
     if not with_gradient:
         return loss, None, None, None
-    cast = (lambda g: g) if fp32 else (lambda g: g.to(hidden.dtype))
-    return loss, grad_hidden, cast(grad_weight), None if grad_bias is None else cast(grad_bias)
+    dtype = hidden.dtype  # .to() returns the fp32 accumulators themselves when it is fp32
+    return (loss, grad_hidden, grad_weight.to(dtype),
+            None if grad_bias is None else grad_bias.to(dtype))
 
 
 def _autocast(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):

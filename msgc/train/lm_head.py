@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from msgc.errors import MsgcError
+from msgc.graph.dims import linear_args
 from msgc.graph.trace import IR_MARK, to_ir
 
 __all__ = ["HeadInputs", "head_split"]
@@ -67,12 +68,12 @@ def _head_inputs(node) -> tuple | None:
     if isinstance(node, fx.Node) and node.op == "call_function" and node.target in ADDS \
             and len(node.args) == 2 and not node.kwargs:
         node, bias = node.args
-        if not (_is_attr(bias) and _is_linear(node) and _linear_args(node)[2] is None
+        if not (_is_attr(bias) and _is_linear(node) and linear_args(node)[2] is None
                 and len(node.users) == 1):
             return None
     if not _is_linear(node):
         return None
-    hidden, weight, linear_bias = _linear_args(node)
+    hidden, weight, linear_bias = linear_args(node)
     if not _is_attr(weight) or (linear_bias is not None and not _is_attr(linear_bias)):
         return None
     return hidden, weight, bias if bias is not None else linear_bias
@@ -93,13 +94,6 @@ def _is_linear(node) -> bool:
 
 def _is_attr(node) -> bool:
     return isinstance(node, fx.Node) and node.op == "get_attr"
-
-
-def _linear_args(node: fx.Node) -> tuple:
-    """(input, weight, bias) of a linear call, whichever way its arguments were passed."""
-    args = list(node.args) + [None] * (3 - len(node.args))
-    names = ("input", "weight", "bias")
-    return tuple(node.kwargs.get(name, arg) for name, arg in zip(names, args, strict=True))
 
 
 def _shared_ir(model: nn.Module, example_inputs: tuple) -> fx.GraphModule | None:

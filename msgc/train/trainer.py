@@ -427,8 +427,7 @@ class Trainer:
         """`model` grown to `stage` (the `index`-th growth) exactly as the run does it."""
         growth = self.spec.growth
         rows = self.spec.train.batch_size if self.fixed_batch else 2
-        example = self.task.model_inputs(*(t.to(self.device) for t in self.task.example_batch(
-            step * self.spec.train.grad_accum_steps, rows)))
+        example = self._example_inputs(step, rows)
         grown = msgc.grow(
             model, example, **stage.sizes(), init=growth.init,
             init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
@@ -464,10 +463,14 @@ class Trainer:
         model = self.state.model
         if not self.spec.train.fused_head or self.parallel.sharded or self.fixed_batch:
             return model
-        example = self.task.model_inputs(*(t.to(self.device) for t in self.task.example_batch(
-            self.state.step * self.spec.train.grad_accum_steps)))
-        view = head_split(model, example)
+        view = head_split(model, self._example_inputs(self.state.step))
         return model if view is None else view
+
+    def _example_inputs(self, step: int, rows: int = 2) -> tuple[torch.Tensor, ...]:
+        """The model's arguments for the first `rows` rows of step `step`'s first global
+        micro-batch (the same on every rank), on the run's device: what tracing runs."""
+        inputs, targets = self.task.example_batch(step * self.spec.train.grad_accum_steps, rows)
+        return self.task.model_inputs(inputs.to(self.device), targets.to(self.device))
 
     def _sharded(self, model: nn.Module, optimizer: torch.optim.Optimizer
                  ) -> tuple[nn.Module, torch.optim.Optimizer]:
