@@ -33,7 +33,7 @@ from msgc.train.precision import resolve_device
 from msgc.train.tokenizer import Tokenizer
 from msgc.train.trainer import RunResult, Trainer
 
-__all__ = ["STRETCHES", "compare", "rescale", "scratch_spec"]
+__all__ = ["STRETCHES", "compare", "compare_report", "rescale", "scratch_spec"]
 
 STRETCHES = (1.25, 1.5, 2.0)
 """The longer MSG budgets ``--match-quality`` tries, as multiples of the spec's steps."""
@@ -109,10 +109,10 @@ def compare(
     for label, run_spec in specs.items():
         run_dir = out_dir / label if out_dir is not None else None
         results[label] = Trainer(run_spec, tokenizer, data, run_dir, progress).run()
-    return _report(spec, results, out_dir, match_quality)
+    return compare_report(spec, results, out_dir, match_quality)
 
 
-def _report(spec: Spec, results: dict[str, RunResult], out_dir: Path | None,
+def compare_report(spec: Spec, results: dict[str, RunResult], out_dir: Path | None,
             match_quality: bool) -> dict[str, Any]:
     """The comparison's figures (see the module doc)."""
     scratch, msg = results["scratch"], results["msg"]
