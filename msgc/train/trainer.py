@@ -172,7 +172,8 @@ class Trainer:
         self.resumed_from: int | None = None
         payload = self._latest_checkpoint() if resume else None
         self.state = self._initial_state() if payload is None else self._resumed_state(payload)
-        self._wrapper: nn.Module = self.state.model
+        self._view: nn.Module = self.state.model  # the model split before its head, or itself
+        self._wrapper: nn.Module = self.state.model  # the view wrapped for this process group
         self._rewrap()
 
     def _initial_state(self) -> RunState:
@@ -351,8 +352,9 @@ class Trainer:
 
     def evaluate(self, split: str, max_batches: int | None = None) -> Evaluation:
         """Loss and bits per byte of the current model on `split` (every rank evaluates the
-        whole split, so every rank gets the same figures)."""
-        return self.task.evaluate(self.state.model, split, max_batches, self.device,
+        whole split, so every rank gets the same figures), through the fused head where the
+        training view has one, so no (rows, vocab) logits are made."""
+        return self.task.evaluate(self._view, split, max_batches, self.device,
                                   self.precision.autocast)
 
     # --- structure: growth, ramp, fold ----------------------------------------------------
@@ -453,8 +455,9 @@ class Trainer:
     def _rewrap(self) -> None:
         """Wrap the current model for forward and backward (DDP; else the model itself),
         split before its LM head where ``train.fused_head`` allows (msgc.train.lm_head)."""
-        self._wrapper = self.state.model  # drop the old wrapper before making a new one
-        self._wrapper = self.parallel.wrap(self._training_view(), self.device)
+        self._view = self._wrapper = self.state.model  # drop the old ones before new ones
+        self._view = self._training_view()
+        self._wrapper = self.parallel.wrap(self._view, self.device)
 
     def _training_view(self) -> nn.Module:
         """The current model split before its head, sharing its parameters; the model itself

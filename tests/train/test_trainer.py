@@ -15,6 +15,7 @@ from msgc import kernels
 from msgc.cli import main
 from msgc.models import build_model, count_parameters
 from msgc.spec import FamilyModelSpec, Spec, parse_spec
+from msgc.train import task as task_module
 from msgc.train.compare import compare_report, rescale, scratch_spec
 from msgc.train.data import prepare_data
 from msgc.train.metrics import read_metrics
@@ -122,6 +123,31 @@ def test_the_fused_head_trains_as_the_plain_head(family: str, text_file: Path,
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-6)
     torch.testing.assert_close(losses[True], losses[False], rtol=1e-4, atol=0)
     assert results[True].test_bpb == pytest.approx(results[False].test_bpb, rel=1e-4)
+
+
+def test_evaluation_runs_the_fused_head_mid_ramp(text_file: Path, cache: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Evaluation goes through linear_cross_entropy (no (rows, vocab) logits) and gives the
+    plain model's figures."""
+    spec = make_spec(text_file, stages=STAGES[:1], steps=8)
+    tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+    trainer = Trainer(spec, tokenizer, data, None, progress=False)
+    for _ in range(6):  # growth at step 4: mid-ramp now
+        trainer.train_step()
+    calls = []
+    fused = task_module.linear_cross_entropy
+
+    def counted(*args: Any) -> torch.Tensor:
+        calls.append(args[0].shape)  # hidden: (rows, d)
+        return fused(*args)
+
+    monkeypatch.setattr(task_module, "linear_cross_entropy", counted)
+    evaluation = trainer.evaluate("val", max_batches=2)
+    assert len(calls) == 2
+    plain = trainer.task.evaluate(trainer.state.model, "val", max_batches=2)
+    assert evaluation.loss == pytest.approx(plain.loss, rel=1e-6)
+    assert evaluation.bpb == pytest.approx(plain.bpb, rel=1e-6)
+    assert len(calls) == 2  # the plain model made its logits itself
 
 
 def test_run_directory(text_file: Path, cache: Path, tmp_path: Path) -> None:
