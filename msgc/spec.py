@@ -38,6 +38,7 @@ from pydantic import (
     SerializerFunctionWrapHandler,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_serializer,
     model_validator,
@@ -71,6 +72,15 @@ PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 Family = Literal["gpt2", "bert", "llama"]
 Activation = Literal["gelu", "gelu_tanh", "relu", "silu"]
+_TORCH_DTYPE_NAMES = {"fp32": ("float32", "float"), "bf16": ("bfloat16",),
+                      "fp16": ("float16", "half")}
+DTYPE_SPELLINGS = {
+    spelling: short
+    for short, names in _TORCH_DTYPE_NAMES.items()
+    for spelling in (short, *names, *(f"torch.{name}" for name in names))
+}
+"""Every spelling `train.dtype` accepts (msgc's, torch's, `torch.`-prefixed), to the one the
+loaded spec holds."""
 
 _FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": {"tie_embeddings": True, "norm_eps": 1e-5, "activation": "gelu"},
@@ -218,6 +228,17 @@ class CustomModelSpec(_StrictModel):
     task: Literal["causal", "masked"] = Field(
         "causal", description="causal: next-token prediction; masked: BERT-style masked LM."
     )
+
+    @model_validator(mode="after")
+    def _check_trusted(self) -> Self:
+        """Training, validating and inspecting alike refuse code the user did not trust."""
+        if not self.trust_code:
+            raise _rule_error(
+                f"loading {self.module!r} imports and runs its code; set "
+                "model.trust_code: true if you trust it",
+                "trust_code",
+            )
+        return self
 
     @field_validator("module")
     @classmethod
@@ -444,12 +465,29 @@ class TrainSpec(_StrictModel):
         "bpe", description="A BPE tokenizer trained locally, or raw bytes."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where to train.")
-    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Compute dtype.")
+    dtype: Annotated[
+        Literal["fp32", "bf16", "fp16"], WithJsonSchema({"enum": sorted(DTYPE_SPELLINGS)})
+    ] = Field("fp32", description="Compute dtype: fp32, bf16 or fp16; torch's names "
+              "(float32, bfloat16, float16, torch.float32, ...) mean the same and load as "
+              "the short form.")
     fused_head: bool = Field(
         True, description="Training steps run the LM head and the loss as one chunked op "
         "(msgc.train.linear_cross_entropy: no (N, V) logits) where the model ends in a "
         "linear layer (false: logits, then the cross-entropy)."
     )
+
+    @field_validator("dtype", mode="before")
+    @classmethod
+    def _normalise_dtype(cls, value: Any) -> Any:
+        """torch's dtype names (float32, torch.bfloat16, ...) to fp32 / bf16 / fp16."""
+        if isinstance(value, str) and value in DTYPE_SPELLINGS:
+            return DTYPE_SPELLINGS[value]
+        if isinstance(value, str):
+            raise _rule_error(
+                f"{value!r} is not a dtype msgc trains in; write one of "
+                f"{', '.join(sorted(DTYPE_SPELLINGS))}"
+            )
+        return value
 
     @model_validator(mode="after")
     def _check_warmup(self) -> Self:
@@ -783,13 +821,8 @@ def spec_json_schema() -> dict[str, Any]:
 def load_custom_model(spec: CustomModelSpec) -> nn.Module:
     """Import ``package.module:factory`` and return ``factory(**spec.kwargs)``.
 
-    Refuses unless ``trust_code`` is true, because this runs the user's code.
+    A validated spec has ``trust_code`` true: this runs the user's code.
     """
-    if not spec.trust_code:
-        raise SpecError(
-            f"model.trust_code: loading {spec.module!r} imports and runs its code; "
-            "set model.trust_code: true if you trust it"
-        )
     factory = import_factory(spec.module)
     try:
         inspect.signature(factory).bind(**spec.kwargs)

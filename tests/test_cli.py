@@ -57,6 +57,36 @@ def test_validate_bad_spec(capsys: pytest.CaptureFixture[str], bad_spec: Path) -
     assert "Traceback" not in err
 
 
+UNTRUSTED_SPEC = """\
+name: untrusted
+model: {module: "os:getcwd"}
+train: {steps: 100, seq_len: 16}
+"""
+
+
+def test_validate_refuses_untrusted_code(capsys: pytest.CaptureFixture[str],
+                                         tmp_path: Path) -> None:
+    """What `msgc train` would refuse, `msgc validate` refuses, naming the field."""
+    path = tmp_path / "untrusted.yaml"
+    path.write_text(UNTRUSTED_SPEC)
+    for command in ("validate", "train"):
+        status, out, err = run_main(capsys, command, path, *(
+            ["--out", tmp_path / "run"] if command == "train" else []))
+        assert status == 2 and out == "", command
+        assert err.startswith(f"error: {path}: model.trust_code: loading 'os:getcwd'"), command
+    assert not (tmp_path / "run").exists()
+
+
+def test_validate_normalises_torch_dtype_names(capsys: pytest.CaptureFixture[str],
+                                               tmp_path: Path) -> None:
+    path = tmp_path / "dtype.yaml"
+    text = GPT_TINY.read_text()
+    path.write_text(text.replace("\ntrain:\n", "\ntrain:\n  dtype: torch.bfloat16\n", 1))
+    status, out, _ = run_main(capsys, "validate", path)
+    assert status == 0 and out == f"OK {path}\n"
+    assert load_spec(path).train.dtype == "bf16"
+
+
 def test_validate_missing_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     status, _, err = run_main(capsys, "validate", tmp_path / "absent.yaml")
     assert status == 2 and "no such file" in err and "Traceback" not in err
@@ -116,7 +146,7 @@ def test_info_values(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_info_custom_model(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     path = tmp_path / "custom.yaml"
-    path.write_text("name: c\nmodel: {module: 'pkg.mod:make'}\n"
+    path.write_text("name: c\nmodel: {module: 'pkg.mod:make', trust_code: true}\n"
                     "growth: {ramp_steps: 5, stages: [{step: 10, hidden: 64}]}\n"
                     "train: {steps: 20}\n")
     status, out, _ = run_main(capsys, "info", path)

@@ -49,7 +49,7 @@ def base() -> dict[str, Any]:
 def custom_base() -> dict[str, Any]:
     """A valid spec with a custom model and two stages."""
     data = base()
-    data["model"] = {"module": "pkg.mod:factory", "kwargs": {"width": 4}}
+    data["model"] = {"module": "pkg.mod:factory", "kwargs": {"width": 4}, "trust_code": True}
     data["growth"]["stages"] = [{"step": 20, "hidden": 8}, {"step": 40, "hidden": 16}]
     return data
 
@@ -396,13 +396,18 @@ def factory_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     return "msgc_test_factories"
 
 
-def custom(module: str, trust: bool = True, **kwargs: Any) -> CustomModelSpec:
-    return CustomModelSpec(module=module, kwargs=kwargs, trust_code=trust)
+def custom(module: str, **kwargs: Any) -> CustomModelSpec:
+    return CustomModelSpec(module=module, kwargs=kwargs, trust_code=True)
 
 
-def test_custom_model_needs_trust(factory_module: str) -> None:
-    with pytest.raises(SpecError, match="model.trust_code"):
-        load_custom_model(custom(f"{factory_module}:make_model", trust=False))
+@pytest.mark.parametrize("trust", [{}, {"trust_code": False}], ids=["unset", "false"])
+def test_custom_model_needs_trust(trust: dict[str, bool]) -> None:
+    data = custom_base()
+    del data["model"]["trust_code"]
+    data["model"].update(trust)
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, source="untrusted.yaml")
+    assert str(info.value).startswith("untrusted.yaml: model.trust_code: loading 'pkg.mod:")
 
 
 def test_custom_model_loads(factory_module: str) -> None:
