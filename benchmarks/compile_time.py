@@ -11,7 +11,6 @@ Writes JSON to benchmarks/results/compile_time.json.
 
 import argparse
 import gc
-import json
 import resource
 import sys
 import time
@@ -21,6 +20,7 @@ from types import SimpleNamespace
 import torch
 
 import msgc
+from msgc.bench.results import write_result
 from msgc.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {"hidden": d, "vocab": vocab, "device": "cpu", "torch": torch.__version__,
               "note": "peak RSS is ru_maxrss (process-wide high-water mark): the increase over "
                       "the mark before grow is what grow added", "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_result(args.json, result)
     print(f"wrote {args.json}")
     return 0
 

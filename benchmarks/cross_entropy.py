@@ -8,7 +8,6 @@ and the whole training step of gpt-tiny's starting and final models with each lo
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from msgc.bench.results import write_result
 from msgc.spec import load_spec
 from msgc.train.compare import scratch_spec
 from msgc.train.cross_entropy import cross_entropy
@@ -89,8 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                         "msgc_over_torch": medians["msgc"] / medians["torch"]}
         print(f"{case:>10}: torch {medians['torch'] * 1e3:7.1f} ms, msgc "
               f"{medians['msgc'] * 1e3:7.1f} ms ({medians['msgc'] / medians['torch']:.2f}x)")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.json, result)
     print(f"wrote {args.json}")
     return 0
 

@@ -22,7 +22,6 @@ figures move with it. Writes benchmarks/results/distributed-cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -34,6 +33,7 @@ from typing import Any
 
 import torch
 
+from msgc.bench.results import write_result
 from msgc.spec import load_spec
 from msgc.train.compare import rescale
 from msgc.train.metrics import read_metrics
@@ -73,8 +73,7 @@ def main() -> None:
               "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
                          f"torch {torch.__version__}, gloo",
               "load_average_at_end": os.getloadavg(), "runs": runs}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    write_result(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -12,13 +12,13 @@ from the folded model. JSON to benchmarks/results/.
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from msgc.bench.results import write_result
 from msgc.models import count_parameters
 from msgc.spec import load_spec
 from msgc.train.compare import rescale, scratch_spec
@@ -72,11 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {seconds * 1e3:.1f} ms/step (median of {len(times[name])})")
     print(f"msg / scratch: {medians['msg'] / medians['scratch']:.3f}")
     path = args.json or RESULTS / f"final-model-speed-{load_spec(args.spec).name}-cpu.json"
-    path.write_text(json.dumps({
+    write_result(path, {
         "spec": str(args.spec), "block": args.block, "rounds": args.rounds,
         "threads": torch.get_num_threads(), "median_step_seconds": medians,
         "msg_over_scratch": medians["msg"] / medians["scratch"], "step_seconds": times,
-    }, indent=2) + "\n")
+    })
     print(f"wrote {path}")
     return 0
 

@@ -11,13 +11,13 @@ run, rounded differently). JSON to benchmarks/results/.
 """
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from msgc.bench.results import write_result
 from msgc.spec import load_spec, parse_spec
 from msgc.train.data import prepare_data
 from msgc.train.trainer import Trainer
@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({row['fused_over_plain']:.2f}x); last loss {losses['plain']:.5f} / "
               f"{losses['fused']:.5f}")
     path = args.json or RESULTS / f"fused-head-{spec.name}-cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(path, result)
     print(f"wrote {path}")
     return 0
 

@@ -12,7 +12,6 @@ time goes. JSON to benchmarks/results/.
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.profiler import profile
 
+from msgc.bench.results import write_result
 from msgc.models import build_model
 from msgc.spec import load_spec
 from msgc.train.compare import scratch_spec
@@ -82,8 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"trainer {median['trainer'] * 1e3:.1f} ms/step, bare loop "
           f"{median['bare'] * 1e3:.1f} ms/step: overhead {result['overhead']:+.1%}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2))
+    write_result(args.json, result)
     print(f"wrote {args.json}")
     return 0
 

@@ -39,6 +39,7 @@ import yaml
 from safetensors.torch import load_file
 
 import msgc
+from msgc.bench.results import write_result
 from msgc.train.corpus import load_corpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -362,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "kill_log": kills,
     }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_result(args.json, summary)
     print(f"{summary['kills']} kills ({summary['kills_in_startup']} in start-up, "
           f"{summary['kills_during_checkpoint_write']} during a checkpoint write), "
           f"losses bitwise equal: {result['losses_bitwise_equal']}, weights bitwise equal: "

@@ -16,6 +16,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from msgc.bench.results import write_result
+
 EVENT_KEYS = ("grow_seconds", "fold_seconds")
 
 
@@ -71,7 +73,7 @@ def main() -> None:
             print(f"  {name:34} {phase['steps']:5d} {100 * phase['share_of_wall']:6.1f}% "
                   f"{phase['median_step_seconds']:7.3f} {phase['gflop_per_second']:8.1f}")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        write_result(args.json, report)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ All three are timed interleaved in one process; the ratios are medians over roun
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ from types import SimpleNamespace
 import torch
 
 import msgc
+from msgc.bench.results import write_result
 from msgc.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>7}: {median[name] * 1e3:8.1f} ms/step  "
               f"({median[name] / median['folded']:.3f}x folded)")
     path = args.json or RESULTS / f"step-overhead-{result['device'].replace(' ', '-').lower()}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str))
+    write_result(path, result)
     print(f"wrote {path}")
     return 0
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from msgc import __version__
+from msgc.bench.commands import add_bench
 from msgc.errors import MsgcError, SpecError
 from msgc.inspect import add_inspect
 from msgc.interop.commands import add_compile, add_export
@@ -190,6 +191,8 @@ def _add_train(subparsers: Subparsers) -> None:
                        help="a new run directory: spec, metrics.jsonl, checkpoints, model, plot")
     where.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its newest valid checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --out: replace the run RUN_DIR holds (else refused)")
     parser.add_argument("--steps", type=int, metavar="N",
                         help="scale the schedule to N steps (stages, ramp, warmup with it)")
     parser.add_argument("--distributed", choices=MODES, metavar="{" + ",".join(MODES) + "}",
@@ -217,7 +220,7 @@ def _train(spec: Spec, args: argparse.Namespace, parallel: Parallel) -> int:
     with parallel.main_first():  # rank 0 fills the tokenizer and token caches
         tokenizer, data = _prepare(spec)
     trainer = Trainer(spec, tokenizer, data, out_dir=out, resume=args.resume is not None,
-                      parallel=parallel)
+                      parallel=parallel, overwrite=args.overwrite)
     if trainer.resumed_from is not None and parallel.is_main:
         print(f"resuming {out} at step {trainer.resumed_from}", file=sys.stderr)
     result = trainer.run()
@@ -259,6 +262,8 @@ def _add_compare(subparsers: Subparsers) -> None:
     )
     parser.add_argument("spec", type=Path, metavar="SPEC")
     _add_compare_options(parser)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the runs already under --out (else refused)")
     parser.set_defaults(handler=cmd_compare)
 
 
@@ -283,7 +288,8 @@ def _compare(spec: Spec, args: argparse.Namespace) -> dict[str, Any]:
     """Prepare the data, compare, print the table; write --json; the report."""
     scratch_spec(spec)  # a spec without a scratch model is refused before the data work
     tokenizer, data = _prepare(spec)
-    report = compare(spec, tokenizer, data, out_dir=args.out, match_quality=args.match_quality)
+    report = compare(spec, tokenizer, data, out_dir=args.out, match_quality=args.match_quality,
+                     overwrite=args.overwrite)
     print(format_compare(report))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -332,7 +338,8 @@ def _add_demo(subparsers: Subparsers) -> None:
     parser.add_argument("--spec", type=Path, default=DEMO_SPEC, metavar="SPEC",
                         help="the spec to compare (default: the bundled gpt-tiny)")
     _add_compare_options(parser)
-    parser.set_defaults(handler=cmd_demo, out=DEMO_OUT, steps=DEMO_STEPS)
+    # the demo's runs are its own: a second `make demo` replaces the first's
+    parser.set_defaults(handler=cmd_demo, out=DEMO_OUT, steps=DEMO_STEPS, overwrite=True)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -353,6 +360,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[Subparsers], None]] = [
     _add_validate, _add_schema, _add_info, add_inspect, _add_train, _add_compare, add_export,
-    add_compile, _add_demo,
+    add_compile, _add_demo, add_bench,
 ]
 """Every subcommand's registration function, in the order `--help` lists them."""

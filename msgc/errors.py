@@ -31,3 +31,7 @@ class CheckpointError(MsgcError):
 
 class TrainingDivergedError(MsgcError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class RunDirError(MsgcError):
+    """A run directory would be overwritten, or the one to resume does not exist."""

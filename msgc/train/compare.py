@@ -97,8 +97,11 @@ def compare(
     out_dir: Path | None = None,
     match_quality: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train scratch, then MSG (and with `match_quality` the stretched MSG budgets); report."""
+    """Train scratch, then MSG (and with `match_quality` the stretched MSG budgets); report.
+
+    Each run writes `out_dir`/<label>; `overwrite` replaces runs already there."""
     if not spec.growth.stages:
         raise SpecError(f"{spec.name}: growth.stages is empty, so there is nothing to compare; "
                         "add growth stages")
@@ -108,7 +111,8 @@ def compare(
     results: dict[str, RunResult] = {}
     for label, run_spec in specs.items():
         run_dir = out_dir / label if out_dir is not None else None
-        results[label] = Trainer(run_spec, tokenizer, data, run_dir, progress).run()
+        results[label] = Trainer(run_spec, tokenizer, data, run_dir, progress,
+                                 overwrite=overwrite).run()
     return compare_report(spec, results, out_dir, match_quality)
 
 

@@ -44,10 +44,15 @@ from typing import Any
 import torch
 from safetensors.torch import save_model
 from torch import nn
-from tqdm import tqdm
 
 import msgc
-from msgc.errors import CheckpointError, PreservationError, SpecError, TrainingDivergedError
+from msgc.errors import (
+    CheckpointError,
+    PreservationError,
+    RunDirError,
+    SpecError,
+    TrainingDivergedError,
+)
 from msgc.graph.trace import to_ir
 from msgc.interop.emit import emit_module
 from msgc.interop.hf import export_hf
@@ -74,7 +79,9 @@ from msgc.train.optim import (
 )
 from msgc.train.plot import plot_runs
 from msgc.train.precision import Precision, resolve_device
+from msgc.train.progress import progress_display
 from msgc.train.resume import capture, restore_rng
+from msgc.train.run_dir import prepare_run_dir
 from msgc.train.task import Evaluation, Task
 from msgc.train.tokenizer import Tokenizer
 
@@ -128,7 +135,9 @@ class Trainer:
     ``model.safetensors`` (the folded final model), ``summary.json``, ``loss.png`` and the
     final model in a loadable form: ``model.json`` (a reference family's architecture),
     ``hf/`` (a Hugging Face model's save_pretrained) or ``model/`` (a custom model, as a
-    standalone module with its weights).
+    standalone module with its weights). A new run refuses a directory that holds a run
+    unless `overwrite` (which replaces that run's outputs); `resume` refuses one that does
+    not exist (msgc.train.run_dir).
     """
 
     def __init__(
@@ -140,6 +149,7 @@ class Trainer:
         progress: bool = True,
         resume: bool = False,
         parallel: Parallel | None = None,
+        overwrite: bool = False,
     ) -> None:
         vocab_size(spec)  # a spec msgc cannot train is refused here
         train = spec.train
@@ -149,6 +159,8 @@ class Trainer:
         self.spec = spec
         self.out_dir = out_dir
         self.parallel = parallel or Parallel.single()
+        if out_dir is not None:
+            self._claim_run_dir(resume, overwrite)
         if self.fixed_batch and self.parallel.world_size > 1:
             raise SpecError("model.hf: Hugging Face models train in one process for now "
                             "(their exported graphs fix the batch size); drop --distributed")
@@ -198,6 +210,18 @@ class Trainer:
         path = self.out_dir / "metrics.jsonl"
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
         return path
+
+    def _claim_run_dir(self, resume: bool, overwrite: bool) -> None:
+        """Refuse to overwrite a run or to resume none (rank 0 looks, every rank raises)."""
+        problem = None
+        if self.parallel.is_main:
+            try:
+                prepare_run_dir(self.out_dir, resume, overwrite)
+            except RunDirError as exc:
+                problem = str(exc)
+        problem = self.parallel.broadcast(problem)
+        if problem is not None:
+            raise RunDirError(problem)
 
     # --- checkpoints ---------------------------------------------------------------------
 
@@ -293,14 +317,13 @@ class Trainer:
     def run(self) -> RunResult:
         """Train every remaining step, evaluate, write the outputs; the run's figures."""
         steps = self.spec.train.steps
-        bar = tqdm(total=steps, initial=self.state.step, desc=self.spec.name, file=sys.stderr,
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+        bar = progress_display(steps, self.state.step, self.spec.name, self.progress)
         with bar:
             while self.state.step < steps:
                 row = self.train_step()
-                bar.update()
                 bar.set_postfix(loss=f"{row['loss']:.3f}", stage=row["stage"],
                                 mask=f"{row['mask']:.2f}", refresh=False)
+                bar.update()
         return self.finish()
 
     def train_step(self) -> dict[str, Any]:

@@ -70,15 +70,21 @@ def _trainer(spec: Spec, cache: Path, out: Path, resume: bool = False) -> Traine
 
 def _torchrun(spec: Spec, mode: str, cache: Path, out: Path, resume: bool = False) -> None:
     """`msgc train` on two processes; fails the test if it fails or outlives TIMEOUT."""
+    done = _torchrun_process(spec, mode, cache, out, resume)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def _torchrun_process(spec: Spec, mode: str, cache: Path, out: Path,
+                      resume: bool = False) -> subprocess.CompletedProcess:
+    """The finished `torchrun ... msgc train` subprocess (bounded by TIMEOUT)."""
     spec_path = out.parent / f"{out.name}.yaml"
     spec.dump(spec_path)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", "2", "-m", "msgc", "train", str(spec_path),
                "--resume" if resume else "--out", str(out), "--distributed", mode]
     env = os.environ | {"MSGC_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr[-4000:]
 
 
 def _assert_same_curve(rows: list[dict], reference: list[dict]) -> None:
@@ -153,3 +159,21 @@ def test_one_process_checkpoint_resumes_on_two(text_file, cache, work, reference
     _torchrun(_spec(text_file, "gpt2"), "ddp", cache, run_dir, resume=True)
     rows = read_metrics(run_dir / "metrics.jsonl")
     _assert_same_curve(rows, read_metrics(reference["gpt2"] / "metrics.jsonl"))
+
+
+def test_two_processes_refuse_to_overwrite_a_run_or_resume_none(text_file, cache, work,
+                                                                reference):
+    """Every rank refuses, the run's files are untouched, and a typo trains nothing."""
+    spec = _spec(text_file, "gpt2")
+    metrics = reference["gpt2"] / "metrics.jsonl"
+    before = metrics.read_bytes()
+    over = _torchrun_process(spec, "ddp", cache, reference["gpt2"])
+    assert over.returncode != 0
+    assert f"error: --out {reference['gpt2']} holds a run" in over.stderr
+    assert "--resume" in over.stderr and "--overwrite" in over.stderr
+    assert metrics.read_bytes() == before
+    typo = work / "no-such-run"
+    missing = _torchrun_process(spec, "ddp", cache, typo, resume=True)
+    assert missing.returncode != 0
+    assert f"error: --resume {typo}: no such run directory" in missing.stderr
+    assert not typo.exists()
