@@ -7,9 +7,9 @@ independent of machine load); wall times are printed but shared the machine. The
 each run's test bpb against the `scratch` variant's (the spec's final architecture, no
 growth) with the same seed. With several `--seeds` every variant runs once per seed
 (`train.seed`: init and data order) and the JSON gives each seed's gap, their mean and
-their range. JSON to benchmarks/results/schedule-study-<spec>-<steps>.json.
+their range. JSON to studies/results/schedule-study-<spec>-<steps>.json.
 
-    python benchmarks/schedule_study.py [--spec specs/gpt-tiny.yaml] [--steps 800]
+    python studies/schedule_study.py [--spec specs/gpt-tiny.yaml] [--steps 800]
         [--only NAME ...] [--seeds 0 1 2] [--json FILE]
 """
 
@@ -222,7 +222,7 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="train.seed values; every variant runs once per seed")
     parser.add_argument("--json", type=Path, help="where to write the results (default: "
-                        "benchmarks/results/schedule-study-<spec>-<steps>.json)")
+                        "studies/results/schedule-study-<spec>-<steps>.json)")
     args = parser.parse_args()
     base = load_spec(args.spec)
     names = sorted(set(args.only) | {"scratch"})

@@ -3,9 +3,9 @@
 Two fresh Trainers of a spec's final architecture from scratch, A then B, in one process,
 alternating blocks of steps: A, B, A, B. If the first block of the process is slower than
 the rest while the model is the same, `msgc compare`'s scratch arm (which runs first) pays
-for it. Prints the median step time of each block; JSON to benchmarks/results/.
+for it. Prints the median step time of each block; JSON to studies/results/.
 
-    python benchmarks/run_order.py [--spec specs/gpt-tiny.yaml] [--block 40] [--rounds 2]
+    python studies/run_order.py [--spec specs/gpt-tiny.yaml] [--block 40] [--rounds 2]
 """
 
 import argparse
