@@ -66,6 +66,9 @@ def model_from_args(args: argparse.Namespace) -> tuple[nn.Module, tuple]:
 def cmd_inspect(args: argparse.Namespace) -> int:
     if bool(args.spec) == bool(args.module):
         raise SpecError("inspect: give a spec file or --module package.module:factory")
+    if args.dot and not args.dot.parent.is_dir():
+        raise SpecError(f"--dot {args.dot}: the folder {args.dot.parent} does not exist; "
+                        "create it or write the file elsewhere")
     model, example_inputs = model_from_args(args)
     reports = analyze(model, example_inputs)
     print_table(reports)

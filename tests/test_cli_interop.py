@@ -19,6 +19,14 @@ def test_inspect_spec_prints_groups_and_writes_dot(tmp_path, capsys):
     assert (tmp_path / "g.dot").read_text().startswith("graph msgc {")
 
 
+def test_inspect_dot_into_a_missing_folder_is_an_msgc_error(tmp_path, capsys):
+    target = tmp_path / "absent" / "g.dot"
+    assert main(["inspect", "specs/gpt-tiny.yaml", "--dot", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --dot {target}: the folder {target.parent} does not exist")
+    assert not target.parent.exists()
+
+
 def test_inspect_needs_a_model(capsys):
     assert main(["inspect"]) == 2
     assert "give a spec file or --module" in capsys.readouterr().err
