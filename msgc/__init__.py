@@ -10,6 +10,7 @@ from msgc.errors import (
     PreservationError,
     SpecError,
 )
+from msgc.growth import Growth
 from msgc.models import build_model, count_parameters
 from msgc.spec import load_spec, parse_spec
 
@@ -17,6 +18,7 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "GraphError",
+    "Growth",
     "GrowthError",
     "GrownModule",
     "MsgcError",

@@ -61,6 +61,7 @@ __all__ = [
     "import_factory",
     "load_custom_model",
     "load_spec",
+    "parse_growth",
     "parse_spec",
     "spec_json_schema",
 ]
@@ -736,6 +737,14 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         )
     try:
         return Spec.model_validate(data)
+    except ValidationError as exc:
+        raise _spec_error(exc, source) from None
+
+
+def parse_growth(data: Any, source: str = "growth") -> GrowthSpec:
+    """Validate a growth section on its own (`msgc.Growth` takes one without a spec)."""
+    try:
+        return GrowthSpec.model_validate(data)
     except ValidationError as exc:
         raise _spec_error(exc, source) from None
 

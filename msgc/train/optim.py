@@ -18,16 +18,17 @@ Learning rate
     the groups of an optimizer rebuilt at a growth event.
 
 State transfer (``transfer_optimizer``)
-    At a growth event every parameter of the grown model with an origin gets its source's
-    AdamW state: each tensor shaped like the source (``exp_avg``, ``exp_avg_sq``) is zero-padded
-    into the grown shape, the old entries placed at ``origin.positions``; ``step`` is kept (so
-    the new entries get no bias correction, as in the official code). Parameters of new blocks
-    (``origin.fresh``) and parameters without an origin start with empty state. Each group keeps
-    its hyperparameters (lr, betas, eps, weight decay) by name.
+    At a growth event the optimizer is rebuilt, of the same class and with the same group
+    options, over the grown parameters: each joins the group of the parameter it came from
+    and gets its state, every tensor shaped like the source (``exp_avg``, ``exp_avg_sq``,
+    ``momentum_buffer``) zero-padded into the grown shape with the old entries at
+    ``origin.positions``; ``step`` is kept (so the new entries get no bias correction, as in
+    the official code). Parameters of new blocks (``origin.fresh``) start with empty state.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -35,6 +36,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from msgc.errors import GrowthError
 from msgc.spec import TrainSpec
 
 __all__ = [
@@ -139,44 +141,55 @@ def transfer_optimizer(
     old_params: Mapping[str, nn.Parameter],
     grown: nn.Module,
     origins: Mapping[str, Origin],
-) -> torch.optim.AdamW:
-    """A new AdamW over `grown` carrying `old_optimizer`'s state across a growth event.
+) -> torch.optim.Optimizer:
+    """A new optimizer of `old_optimizer`'s class over `grown`, its state carried across a
+    growth event.
 
     `old_params` maps the old model's parameter names to its Parameters (as
     ``dict(old.named_parameters(remove_duplicate=False))``, so tied aliases resolve);
     `origins` maps the grown model's parameter names to their origins (``grown.origins``).
+    Each grown parameter joins the group of the parameter it came from, with that group's
+    options (lr, betas, weight decay, its name...); one whose source the optimizer did not
+    train stays out of it (frozen stays frozen). Works for any optimizer whose per-parameter
+    state holds tensors shaped like the parameter, scalar tensors and numbers (AdamW, Adam,
+    SGD with momentum, RMSprop, ...); other state is refused with a GrowthError.
     """
-    old_groups = {group.get("name"): group for group in old_optimizer.param_groups}
-    if set(old_groups) != {DECAY, NO_DECAY}:
-        raise ValueError("transfer_optimizer needs an optimizer made by build_optimizer "
-                         f"(groups {DECAY!r} and {NO_DECAY!r}), got groups {list(old_groups)}")
-    groups = param_groups(grown, weight_decay=0.0)
-    for group in groups:  # each group keeps its hyperparameters, weight decay included
-        group.update({k: v for k, v in old_groups[group["name"]].items() if k != "params"})
-    optimizer = torch.optim.AdamW(groups, **_hyperparameters(old_optimizer.defaults))
-    for param, origin in _origins_by_param(grown, origins).items():
-        if origin is None or origin.fresh:
-            continue
-        old_state = old_optimizer.state.get(old_params[origin.source])
-        if old_state:
-            optimizer.state[param] = _moved_state(old_state, old_params[origin.source], param,
-                                                  origin.positions)
+    group_of = {param: i for i, group in enumerate(old_optimizer.param_groups)
+                for param in group["params"]}
+    groups = [{k: v for k, v in group.items() if k != "params"} | {"params": []}
+              for group in old_optimizer.param_groups]
+    moves = []
+    for param, (name, origin) in _origins_by_param(grown, origins).items():
+        if origin is None:
+            raise GrowthError(f"transfer_optimizer: the grown parameter {name!r} has no "
+                              "origin, so its optimizer group is unknown")
+        source = old_params[origin.source]
+        if source in group_of:
+            groups[group_of[source]]["params"].append(param)
+            moves.append((source, param, origin))
+    optimizer = type(old_optimizer)(groups, **_constructor_options(old_optimizer))
+    for source, param, origin in moves:
+        old_state = old_optimizer.state.get(source)
+        if old_state and not origin.fresh:
+            optimizer.state[param] = _moved_state(old_state, source, param, origin.positions,
+                                                  type(old_optimizer).__name__)
     return optimizer
 
 
-def _hyperparameters(defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """AdamW's constructor arguments out of an optimizer's ``defaults``."""
-    keys = ("lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "fused")
-    return {k: defaults[k] for k in keys if k in defaults}
+def _constructor_options(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's ``defaults`` that its class's constructor takes."""
+    accepted = inspect.signature(type(optimizer).__init__).parameters
+    return {k: v for k, v in optimizer.defaults.items() if k in accepted}
 
 
-def _origins_by_param(grown: nn.Module, origins: Mapping[str, Origin]) -> dict[nn.Parameter,
-                                                                             Origin | None]:
-    """Each unique Parameter of `grown` with the origin of the first of its names that has one."""
-    found: dict[nn.Parameter, Origin | None] = {}
+def _origins_by_param(grown: nn.Module, origins: Mapping[str, Origin]
+                      ) -> dict[nn.Parameter, tuple[str, Origin | None]]:
+    """Each unique Parameter of `grown` with the first of its names that has an origin (or
+    its first name) and that origin."""
+    found: dict[nn.Parameter, tuple[str, Origin | None]] = {}
     for name, param in grown.named_parameters(remove_duplicate=False):
-        if found.get(param) is None:
-            found[param] = origins.get(name)
+        if param not in found or found[param][1] is None:
+            found[param] = (name, origins.get(name))
     return found
 
 
@@ -185,14 +198,23 @@ def _moved_state(
     old: nn.Parameter,
     new: nn.Parameter,
     positions: Sequence[torch.Tensor | None],
+    optimizer_name: str,
 ) -> dict[str, Any]:
-    """`state` with every tensor shaped like `old` zero-padded to `new`'s shape; rest cloned."""
+    """`state` with every tensor shaped like `old` zero-padded to `new`'s shape, scalar
+    tensors cloned, numbers kept; anything else cannot follow a growth."""
     moved = {}
     for key, value in state.items():
         if isinstance(value, torch.Tensor) and value.shape == old.shape and value.ndim:
             moved[key] = pad_into(value, new.shape, positions).to(new.device)
-        elif isinstance(value, torch.Tensor):
-            moved[key] = value.clone()  # the step counter
-        else:
+        elif isinstance(value, torch.Tensor) and value.ndim == 0:
+            moved[key] = value.clone()  # a step counter
+        elif isinstance(value, (int, float, bool)):
             moved[key] = value
+        else:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else None
+            raise GrowthError(
+                f"cannot move {optimizer_name}'s state {key!r} ({type(value).__name__}"
+                f"{f' of shape {shape}' if shape else ''}) for a parameter of shape "
+                f"{tuple(old.shape)}: msgc moves state shaped like the parameter, scalars "
+                "and numbers; use an optimizer of that form (AdamW, Adam, SGD...)")
     return moved

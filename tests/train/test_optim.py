@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from msgc.errors import GrowthError
 from msgc.spec import TrainSpec
 from msgc.train.optim import (
     DECAY,
@@ -145,7 +146,8 @@ def test_transfer_pads_moments_at_positions_and_keeps_step() -> None:
         "1.weight": HandOrigin("1.weight", [rows]),
         "1.bias": HandOrigin("1.bias", [rows]),
         "2.weight": HandOrigin("0.weight", [None, None], fresh=True),
-    }  # 2.bias: no origin at all
+        "2.bias": HandOrigin("0.bias", [None], fresh=True),
+    }
     moved = transfer_optimizer(optimizer, dict(old.named_parameters()), grown, origins)
 
     old_state = optimizer.state[old[0].weight]
@@ -185,7 +187,37 @@ def test_transferred_optimizer_steps_and_unchanged_params_match() -> None:
     assert math.isclose(float(moved.state[twin[0].bias]["step"]), 4.0)
 
 
-def test_transfer_needs_named_groups() -> None:
+def test_transfer_keeps_frozen_parameters_out_and_groups_by_origin() -> None:
+    """Any optimizer class: each grown parameter joins its source's group; a parameter the
+    optimizer did not train stays out; SGD's momentum moves like Adam's moments."""
+    torch.manual_seed(0)
+    old = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    old[1].requires_grad_(False)
+    optimizer = torch.optim.SGD([{"params": [old[0].weight], "lr": 0.1},
+                                 {"params": [old[0].bias], "lr": 0.2, "name": "biases"}],
+                                lr=0.5, momentum=0.9)
+    old(torch.randn(4, 2)).sum().backward()
+    optimizer.step()
+    grown = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 2))
+    rows = torch.tensor([0, 2])
+    origins = {"0.weight": HandOrigin("0.weight", [rows, None]),
+               "0.bias": HandOrigin("0.bias", [rows]),
+               "1.weight": HandOrigin("1.weight", [None, rows]),
+               "1.bias": HandOrigin("1.bias", [None])}
+    moved = transfer_optimizer(optimizer, dict(old.named_parameters()), grown, origins)
+    assert isinstance(moved, torch.optim.SGD) and moved.defaults["momentum"] == 0.9
+    weights, biases = moved.param_groups
+    assert weights["params"] == [grown[0].weight] and weights["lr"] == 0.1
+    assert biases["params"] == [grown[0].bias] and (biases["lr"], biases["name"]) == (0.2,
+                                                                                      "biases")
+    assert torch.equal(moved.state[grown[0].weight]["momentum_buffer"][rows],
+                       optimizer.state[old[0].weight]["momentum_buffer"])
+    assert not moved.state[grown[0].weight]["momentum_buffer"][1].any()
+
+
+def test_transfer_refuses_a_parameter_without_origin() -> None:
     model = nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="build_optimizer"):
-        transfer_optimizer(torch.optim.AdamW(model.parameters()), {}, model, {})
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(GrowthError, match="'bias' has no origin"):
+        transfer_optimizer(optimizer, dict(model.named_parameters()), model,
+                           {"weight": HandOrigin("weight", [None, None])})
