@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from msgc.errors import GrowthError
+from msgc.graph.atoms import Atoms
 from msgc.graph.blocks import find_blocks
 from msgc.graph.dims import Analysis
 
@@ -20,7 +21,11 @@ FIXED_TAGS = {"input", "output", "index", "head_dim"}
 
 @dataclass
 class HeadGroup:
-    """One attention op's heads: `kv` leaf and `group` leaf (GQA), or a single `heads` leaf."""
+    """One attention op's heads: `kv` leaf and `group` leaf (GQA), or a single `heads` leaf.
+
+    Under MQA `kv` is a size-1 atom of its own: the analysis drops size-1 factors (they carry
+    no layout), so the one shared key/value head is not a leaf of the heads dimension.
+    """
 
     node: str
     heads: int | None = None  # MHA: the one heads leaf
@@ -116,11 +121,24 @@ def _head_groups(a: Analysis, fixed: set[int]) -> list[HeadGroup]:
                 continue
             group = [x for x in leaves if "group" in at.tags_of(x)]
             kv = [x for x in leaves if x not in group]
-            if group and len(kv) == 1 and len(group) == 1:
+            if len(group) == 1 and len(kv) == 1:
                 groups.append(HeadGroup(node.name, kv=kv[0], group=group[0]))
-            elif len(leaves) == 1:
+            elif len(group) == 1 and not kv and at.size(root) == at.size(group[0]):
+                groups.append(HeadGroup(node.name, group=group[0]))  # MQA: kv made below
+            elif len(leaves) == 1 and not group:
                 groups.append(HeadGroup(node.name, heads=leaves[0]))
-    return _dedupe_heads(groups)
+    groups = _dedupe_heads(groups)
+    for g in groups:
+        if g.heads is None and g.kv is None:
+            g.kv = _shared_kv(at)
+    return groups
+
+
+def _shared_kv(at: Atoms) -> int:
+    """A size-1 kv-heads atom for MQA, where every query head reads one key/value head."""
+    kv = at.new(1)
+    at.tag(kv, "kv_heads")
+    return kv
 
 
 def _dedupe_heads(groups: list[HeadGroup]) -> list[HeadGroup]:
@@ -208,12 +226,6 @@ def plan_sizes(a: Analysis, groups: Groups, hidden=None, ffn=None, heads=None,
 
 
 def _plan_heads(at, new, g: HeadGroup, heads, kv_heads) -> None:
-    if g.heads is not None and "group" in at.tags_of(g.heads):  # MQA: one shared kv head
-        if kv_heads not in (None, 1):
-            raise GrowthError(f"kv_heads: attention {g.node} shares one key/value head across "
-                              "all query heads (MQA); msgc cannot add key/value heads to it")
-        _set(new, g.heads, at.size(g.heads), heads if heads is not None else 1, "heads")
-        return
     if g.heads is not None:  # every query head has its own key/value head
         old = at.size(g.heads)
         if kv_heads is not None and heads is not None and kv_heads != heads:
@@ -223,6 +235,10 @@ def _plan_heads(at, new, g: HeadGroup, heads, kv_heads) -> None:
         return
     old_kv, old_group = at.size(g.kv), at.size(g.group)
     target_kv = kv_heads if kv_heads is not None else old_kv
+    if old_kv == 1 and target_kv != 1:
+        raise GrowthError(f"kv_heads: attention {g.node} shares one key/value head across all "
+                          "query heads (MQA); msgc cannot add key/value heads to it (a size-1 "
+                          "dimension has no layout to grow): leave kv_heads out or set it to 1")
     target_heads = heads if heads is not None else old_kv * old_group
     if target_heads % target_kv:
         raise GrowthError(f"heads: {target_heads} query heads do not divide into {target_kv} "

@@ -9,6 +9,8 @@ registered on import, with fake and autograd implementations.
 Note: ``msgc.kernels.masked_linear`` / ``msgc.kernels.masked_norm`` are the public
 functions; the modules of the same names are reached with
 ``importlib.import_module("msgc.kernels.masked_linear")``.
+
+:func:`kernel_paths` shows which path the fused ops took: their Triton kernels or torch.
 """
 
 from msgc.kernels.dispatch import (
@@ -31,6 +33,7 @@ from msgc.kernels.masked_linear import (
     masked_swiglu_triton,
 )
 from msgc.kernels.masked_norm import NORM_KINDS, masked_norm_reference, masked_norm_triton
+from msgc.kernels.paths import kernel_paths
 
 __all__ = [
     "ACTIVATIONS",
@@ -40,6 +43,7 @@ __all__ = [
     "KernelUnavailableError",
     "chosen_impl",
     "clear_cache",
+    "kernel_paths",
     "masked_linear",
     "masked_linear_fold",
     "masked_linear_reference",

@@ -39,6 +39,7 @@ from msgc.kernels._triton import (
     num_sms,
     triton_runnable,
 )
+from msgc.kernels.paths import record
 
 if HAS_TRITON:
     import triton
@@ -603,6 +604,7 @@ def _linear_fwd_triton(
         "SAVE_PRE": save_pre,
         **_launch_meta(x2),
     }
+    record("masked_linear", "triton")
     if _gemm_variant(x2, weight) == "tma":
         _set_tma_allocator(x2.device)
         n_prog = 2 if INTERPRET else num_sms(x2.device.index or 0)
@@ -683,6 +685,7 @@ def _set_tma_allocator(device: torch.device) -> None:
 
 
 def _linear_fwd_torch(x2, weight, bias, mask, act_id, mask_before_act, save_pre):
+    record("masked_linear", "torch")
     act = _ACT_NAMES[act_id]
     z = F.linear(x2, weight, bias)
     m = mask.to(_acc_torch_dtype(z.dtype))
@@ -723,6 +726,7 @@ def _linear_grad_pre_triton(dy2: Tensor, pre: Tensor, mask: Tensor, act_id: int,
     n_row, rows_per_prog, n_col = _elementwise_grid(M, N, block_n, block_m)
     dbp = torch.empty((n_row, N) if has_bias else (0,), dtype=acc, device=dy2.device)
     m = mask.to(device=dy2.device, dtype=acc).contiguous()
+    record("masked_linear_backward", "triton")
     _masked_linear_bwd_g_kernel[(n_row, n_col)](
         dy2,
         pre,
@@ -767,6 +771,7 @@ def _linear_bwd(
     empty = dy2.new_empty((0,))
     if act_id == 0:
         # No elementwise pass: the mask rides on the (small) weight and on dW's rows.
+        record("masked_linear_backward", "torch")
         m = mask.to(device=dy2.device, dtype=acc)
         dx = dy2 @ (weight * m.to(weight.dtype)[:, None]) if need_dx else empty
         dw = (dy2.t() @ x2).mul_(m.to(dy2.dtype)[:, None]) if need_dw else empty
@@ -781,6 +786,7 @@ def _linear_bwd(
         if use_triton:
             g, db = _linear_grad_pre_triton(dy2, pre2, mask, act_id, has_bias)
         else:
+            record("masked_linear_backward", "torch")
             m = mask.to(device=dy2.device, dtype=acc)
             g32 = dy2.to(acc) * _act_grad_torch(pre2.to(acc), _ACT_NAMES[act_id]) * m
             db = g32.sum(0) if has_bias else empty
@@ -927,6 +933,7 @@ def masked_linear_triton(
 
 
 def _swiglu_fwd_torch(x2, w_gate, w_up, mask, save_pre):
+    record("masked_swiglu", "torch")
     acc = _acc_torch_dtype(x2.dtype)
     a = (F.linear(x2, w_gate) * mask.to(acc)).to(x2.dtype)
     u = F.linear(x2, w_up)
@@ -946,6 +953,7 @@ def _swiglu_fwd_triton(x2, w_gate, w_up, mask, save_pre):
     if M == 0 or N == 0 or K == 0:
         return _swiglu_fwd_torch(x2, w_gate, w_up, mask, save_pre)
     m = mask.to(device=x2.device, dtype=_acc_torch_dtype(x2.dtype)).contiguous()
+    record("masked_swiglu", "triton")
 
     def grid(meta):
         return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
@@ -1018,6 +1026,7 @@ def masked_swiglu_backward_op(
     M = dy2.shape[0]
     acc = _acc_torch_dtype(dy2.dtype)
     if _use_triton(dy, x, w_gate, w_up) and M > 0:
+        record("masked_swiglu_backward", "triton")
         dg = torch.empty((M, N), dtype=dy2.dtype, device=dy2.device)
         du = torch.empty_like(dg)
         block_m, block_n = (64, 128) if INTERPRET else (32, 128)
@@ -1040,6 +1049,7 @@ def masked_swiglu_backward_op(
             num_warps=4,
         )
     else:
+        record("masked_swiglu_backward", "torch")
         a32, u32, dy32 = a2.to(acc), u2.to(acc), dy2.to(acc)
         s = torch.sigmoid(a32)
         dg = (dy32 * u32 * s * (1 + a32 * (1 - s)) * mask.to(acc)).to(dy2.dtype)

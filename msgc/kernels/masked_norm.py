@@ -27,6 +27,7 @@ from torch import Tensor
 
 from msgc.kernels._triton import HAS_TRITON, INTERPRET, acc_dtype, next_pow2, num_sms
 from msgc.kernels._triton import triton_runnable as _triton_runnable
+from msgc.kernels.paths import record
 
 if HAS_TRITON:
     import triton
@@ -252,6 +253,7 @@ def _norm_fwd_triton(x2, weight, bias, mask, eps, kind):
     m = mask.to(device=x2.device, dtype=acc).contiguous()
     block_n = next_pow2(N)
     block_m, warps = _block_m(block_n)
+    record("masked_norm", "triton")
     _masked_norm_fwd_kernel[(triton.cdiv(M, block_m),)](
         x2,
         weight if weight is not None else m,
@@ -277,6 +279,7 @@ def _norm_fwd_triton(x2, weight, bias, mask, eps, kind):
 
 
 def _norm_fwd_torch(x2, weight, bias, mask, eps, kind):
+    record("masked_norm", "torch")
     acc = _acc(x2.dtype)
     m = mask.to(device=x2.device, dtype=acc)
     xhat, mean, rstd = _stats_torch(x2.to(acc), m, eps, kind)
@@ -303,6 +306,7 @@ def _norm_bwd_triton(dy2, x2, weight, mask, mean, rstd, kind, has_bias):
     has_w = weight is not None
     dwp = torch.empty((n_prog, N) if has_w else (0,), dtype=acc, device=x2.device)
     dbp = torch.empty((n_prog, N) if has_bias else (0,), dtype=acc, device=x2.device)
+    record("masked_norm_backward", "triton")
     _masked_norm_bwd_kernel[(n_prog,)](
         dy2,
         x2,
@@ -333,6 +337,7 @@ def _norm_bwd_triton(dy2, x2, weight, mask, mean, rstd, kind, has_bias):
 
 
 def _norm_bwd_torch(dy2, x2, weight, mask, mean, rstd, kind, has_bias):
+    record("masked_norm_backward", "torch")
     acc = _acc(x2.dtype)
     m = mask.to(device=x2.device, dtype=acc)
     s = m.sum()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import msgc
 from msgc.errors import GraphError, GrowthError, MsgcError
-from tests.graph.zoo import BY_NAME, VOCAB, token_ids
+from tests.graph.zoo import BY_NAME, VOCAB, found_sizes, token_ids
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -118,7 +118,11 @@ def test_kv_heads_on_mha_differs_from_heads() -> None:
     with pytest.raises(GrowthError, match="set kv_heads equal to heads"):
         msgc.grow(model, example_inputs=inputs, heads=4, kv_heads=2)
     grown = msgc.grow(model, example_inputs=inputs, heads=4, kv_heads=4)  # equal is fine
-    assert grown.record.after["heads"] == 4
+    # q, k and v for 4 heads of head_dim 8, each head with its own key/value head
+    assert grown.get_parameter("transformer.h.0.attn.c_attn.weight").shape == (3 * 4 * 8, 16)
+    grown.set_masks(1.0)
+    found = found_sizes(msgc.fold(grown), inputs)
+    assert (found["heads"], found["kv_heads"]) == ({4}, {4})
 
 
 def test_fold_before_masks_are_one() -> None:

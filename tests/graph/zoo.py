@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from msgc.errors import GrowthError
+import msgc
 from msgc.models import build_model
 
 VOCAB = 32
@@ -664,8 +664,8 @@ class Variant:
     """A zoo model, its example inputs, and the growth cases it supports.
 
     `cases` maps a case name to grow() targets: one case per dimension the model can grow,
-    plus "combined" (all at once). `xfail` maps a case to the msgc bug that breaks it and
-    the error it raises.
+    plus "combined" (all at once). `refused` maps a case to targets msgc must refuse, with
+    a regex of the GrowthError's message.
     `regrow` is the second, small growth applied to the folded model.
     """
 
@@ -673,7 +673,7 @@ class Variant:
     make: Callable[[], nn.Module]
     inputs: Callable[[], tuple]
     cases: dict[str, dict]
-    xfail: dict[str, tuple[str, type]] = field(default_factory=dict)  # case -> (bug, raises)
+    refused: dict[str, tuple[dict, str]] = field(default_factory=dict)  # case -> (targets, why)
     regrow: dict = field(default_factory=lambda: {"ffn": 56})
 
 
@@ -698,25 +698,21 @@ GQA = {  # 2 kv heads x 2 query heads each
     "layers": {"layers": 3},
 }
 
-MQA = {  # 1 kv head x 4 query heads
+MQA = {  # 1 kv head x 4 query heads; heads grow, the one kv head stays one
     "hidden": {"hidden": 24},
     "ffn": {"ffn": 48},
     "heads": {"heads": 6},
-    "kv_heads": {"kv_heads": 2, "heads": 8},
     "layers": {"layers": 3},
-    "combined": {"hidden": 24, "ffn": 48, "heads": 8, "kv_heads": 2, "layers": 3},
-    "combined_no_kv": {"hidden": 24, "ffn": 48, "heads": 6, "layers": 3},
+    "combined": {"hidden": 24, "ffn": 48, "heads": 6, "layers": 3},
 }
 
-MQA_KV_BUG = (
-    "MQA (kv_heads = 1): kv heads cannot grow. The size-1 kv-heads factor is dropped from the "
-    "heads prod refinement (atoms._chunks filters size-1 factors; plan._head_groups skips "
-    "size-1 leaves), so the attention looks like MHA: grow(kv_heads=2, heads=8) raises a "
-    "GrowthError (MHA's 'set kv_heads equal to heads', or the newer explicit 'cannot add "
-    "key/value heads' refusal) and record.before reports kv_heads == heads == 4, not 1"
-)
-
-MQA_XFAIL = {"kv_heads": (MQA_KV_BUG, GrowthError), "combined": (MQA_KV_BUG, GrowthError)}
+# a size-1 dimension has no layout to grow: msgc refuses to add kv heads to MQA, and says why
+MQA_KV_REFUSAL = r"shares one key/value head across all query heads \(MQA\); msgc cannot add"
+MQA_REFUSED = {
+    "kv_heads": ({"kv_heads": 2, "heads": 8}, MQA_KV_REFUSAL),
+    "combined": ({"hidden": 24, "ffn": 48, "heads": 8, "kv_heads": 2, "layers": 3},
+                 MQA_KV_REFUSAL),
+}
 
 
 VARIANTS: list[Variant] = [
@@ -734,9 +730,9 @@ VARIANTS: list[Variant] = [
     Variant("gqa_expand", lambda: GQALM(broadcast="expand"), _ids, GQA),
     Variant("gqa_sdpa_enable_gqa", lambda: GQALM(use_sdpa_gqa=True), _ids, GQA),
     Variant("mqa_expand", lambda: GQALM(n_heads=4, n_kv_heads=1, broadcast="expand"), _ids,
-            MQA, xfail=MQA_XFAIL),
+            MQA, refused=MQA_REFUSED),
     Variant("mqa_repeat_interleave", lambda: GQALM(n_heads=4, n_kv_heads=1), _ids, MQA,
-            xfail=MQA_XFAIL),
+            refused=MQA_REFUSED),
     Variant("swiglu_fused_gate_up", lambda: GQALM(fused_mlp=True), _ids, GQA,
             regrow={"hidden": 32}),
     Variant("postln_encoder_token_types", PostLNEncoder, encoder_inputs, MHA),
@@ -874,3 +870,20 @@ VARIANTS += [
     Variant("vit_conv_patches_cls", TinyViT, images, MHA),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}
+
+
+def found_sizes(model: nn.Module, inputs: tuple) -> dict[str, set[int]]:
+    """hidden / ffn / heads / kv_heads / layers that msgc.analyze finds in `model` afresh,
+    each the set of its sizes over the blocks (read from the graph, not a growth record)."""
+    found: dict[str, set[int]] = {}
+    kv = 0
+    for report in msgc.analyze(model, example_inputs=inputs):
+        name, size = report.name, report.size
+        if name == "kv_heads":
+            kv = size
+        elif name == "group":  # reported right after its attention's kv_heads
+            name, size = "heads", kv * size
+        elif name == "heads":  # one key/value head per query head
+            found.setdefault("kv_heads", set()).add(size)
+        found.setdefault("layers" if name == "blocks" else name, set()).add(size)
+    return found

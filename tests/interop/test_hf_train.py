@@ -6,11 +6,12 @@ import torch
 from msgc.spec import parse_spec
 from msgc.train.data import prepare_data
 from msgc.train.trainer import Trainer
+from tests.train.test_trainer import assert_preserved, observe_growth
 
 transformers = pytest.importorskip("transformers")
 
 
-def test_hf_gpt2_spec_grows_trains_and_exports(text_file, cache, tmp_path):
+def test_hf_gpt2_spec_grows_trains_and_exports(text_file, cache, tmp_path, monkeypatch):
     spec = parse_spec({
         "name": "hf-gpt2",
         "model": {"hf": "gpt2", "config": {"vocab_size": 260, "n_positions": 32, "n_embd": 16,
@@ -23,11 +24,9 @@ def test_hf_gpt2_spec_grows_trains_and_exports(text_file, cache, tmp_path):
     })
     tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
     trainer = Trainer(spec, tokenizer, data, tmp_path / "run", progress=False)
-    result = trainer.run()
-    growth_rows = [row for row in result.rows if "loss_before" in row]
-    assert len(growth_rows) == 2
-    for row in growth_rows:
-        assert row["loss_after"] == pytest.approx(row["loss_before"], rel=1e-5)
+    seen = observe_growth(monkeypatch)
+    trainer.run()
+    assert_preserved(seen, [3, 6])
     exported = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "run" / "hf").eval()
     assert (exported.config.n_embd, exported.config.n_layer) == (32, 3)
     ids = torch.randint(0, 260, (2, 16))

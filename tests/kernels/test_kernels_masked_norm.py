@@ -1,10 +1,13 @@
-"""Masked Layer/RMS norm: Triton kernels (interpreter) vs a float64 reference."""
+"""Masked Layer/RMS norm: Triton kernels (interpreter) vs a float64 reference.
+
+Every test of the Triton kernels also checks that they ran (not the torch composite the
+custom op falls back to where Triton cannot run)."""
 
 import pytest
 import torch
 
 from msgc.kernels import masked_norm_reference, masked_norm_triton
-from tests.kernels.cases import DEVICE, DTYPES, make_mask
+from tests.kernels.cases import DEVICE, DTYPES, NORM_PATHS, expect_paths, make_mask, needs_triton
 
 
 def make_inputs(lead, n, weight=True, bias=True, seed=0):
@@ -31,7 +34,8 @@ def check_close(tensors, dtype, factor, atol, kind):
     x = tensors[0]
     dy = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     exact = run(masked_norm_reference, *tensors, torch.float64, dy, kind)
-    ours = run(masked_norm_triton, *tensors, dtype, dy, kind)
+    with expect_paths(**NORM_PATHS):
+        ours = run(masked_norm_triton, *tensors, dtype, dy, kind)
     same = run(masked_norm_reference, *tensors, dtype, dy, kind)
     for i, (o, t, e) in enumerate(zip(ours, same, exact, strict=True)):
         assert o.dtype == dtype and o.shape == e.shape
@@ -39,6 +43,7 @@ def check_close(tensors, dtype, factor, atol, kind):
         assert err(o, e) <= bound, f"output {i}: {err(o, e):.3e} > {bound:.3e}"
 
 
+@needs_triton
 @pytest.mark.parametrize("dtype, factor, atol", DTYPES)
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 @pytest.mark.parametrize(
@@ -49,43 +54,55 @@ def test_triton_matches_reference(dtype, factor, atol, kind, lead, n, weight, bi
     check_close(make_inputs(lead, n, weight, bias), dtype, factor, atol, kind)
 
 
+def _on_device(*tensors):
+    return [None if t is None else t.to(DEVICE) for t in tensors]
+
+
+@needs_triton
 def test_reference_matches_unmasked_torch_norms():
     """At mask 1 the masked norms are the ordinary LayerNorm / RMSNorm."""
-    x, w, b, _ = make_inputs((7,), 32)
-    ones = torch.ones(32, dtype=torch.float64)
+    x, w, b, _ = _on_device(*make_inputs((7,), 32))
+    ones = torch.ones(32, dtype=torch.float64, device=DEVICE)
     ln = torch.nn.functional.layer_norm(x, (32,), w, b, 1e-5)
     rms = torch.nn.functional.rms_norm(x, (32,), w, 1e-5)
-    for fn in (masked_norm_reference, masked_norm_triton):
-        torch.testing.assert_close(fn(x, w, b, ones, 1e-5, "layer"), ln)
-        torch.testing.assert_close(fn(x, w, None, ones, 1e-5, "rms"), rms)
+    for fn, paths in ((masked_norm_reference, {}), (masked_norm_triton, {"masked_norm": "triton"})):
+        with expect_paths(**paths):
+            torch.testing.assert_close(fn(x, w, b, ones, 1e-5, "layer"), ln)
+            torch.testing.assert_close(fn(x, w, None, ones, 1e-5, "rms"), rms)
 
 
+@needs_triton
 def test_masked_channels_do_not_matter():
     """Channels with m = 0 get y = 0, dx = 0 and do not move the statistics."""
-    x, w, b, m = make_inputs((9,), 40, seed=2)
+    x, w, b, m = _on_device(*make_inputs((9,), 40, seed=2))
     x2 = x.clone()
     x2[:, m == 0] += 100.0
     for kind in ("layer", "rms"):
         xa = x.clone().requires_grad_()
-        y = masked_norm_triton(xa, w, b, m, 1e-5, kind)
-        torch.testing.assert_close(y, masked_norm_triton(x2, w, b, m, 1e-5, kind))
+        with expect_paths(**NORM_PATHS):
+            y = masked_norm_triton(xa, w, b, m, 1e-5, kind)
+            y.pow(2).sum().backward()
+            moved = masked_norm_triton(x2, w, b, m, 1e-5, kind)
+        torch.testing.assert_close(y, moved)
         assert torch.all(y[:, m == 0] == 0)
-        y.pow(2).sum().backward()
         assert torch.all(xa.grad[:, m == 0] == 0)
 
 
+@needs_triton
 def test_all_masked_row_is_zero_not_nan():
-    x, w, b, _ = make_inputs((5,), 24)
-    zeros = torch.zeros(24, dtype=torch.float64)
-    for fn in (masked_norm_reference, masked_norm_triton):
+    x, w, b, _ = _on_device(*make_inputs((5,), 24))
+    zeros = torch.zeros(24, dtype=torch.float64, device=DEVICE)
+    for fn, paths in ((masked_norm_reference, {}), (masked_norm_triton, {"masked_norm": "triton"})):
         for kind in ("layer", "rms"):
-            assert torch.equal(fn(x, w, b, zeros, 1e-5, kind), torch.zeros_like(x))
+            with expect_paths(**paths):
+                assert torch.equal(fn(x, w, b, zeros, 1e-5, kind), torch.zeros_like(x))
 
 
+@needs_triton
 @pytest.mark.parametrize("kind", ["layer", "rms"])
 @pytest.mark.parametrize("weight, bias", [(True, True), (False, False)])
 def test_gradcheck_fp64(kind, weight, bias):
-    x, w, b, m = make_inputs((3, 4), 12, weight, bias, seed=3)
+    x, w, b, m = _on_device(*make_inputs((3, 4), 12, weight, bias, seed=3))
     present = [t.clone().requires_grad_() for t in (x, w, b) if t is not None]
 
     def f(*ts):
@@ -95,7 +112,8 @@ def test_gradcheck_fp64(kind, weight, bias):
         bb = next(it) if bias else None
         return masked_norm_triton(xx, ww, bb, m, 1e-5, kind)
 
-    assert torch.autograd.gradcheck(f, present)
+    with expect_paths(**NORM_PATHS):
+        assert torch.autograd.gradcheck(f, present)
 
 
 @pytest.mark.parametrize("kind", ["layer", "rms"])
@@ -112,15 +130,18 @@ def test_opcheck(kind):
     )
 
 
+@needs_triton
 def test_torch_compile():
-    x, w, b, m = (t.float() for t in make_inputs((2, 6), 32, seed=5))
+    """Compiled, the op still runs its Triton kernels and matches the torch reference."""
+    x, w, b, m = (t.to(DEVICE, torch.float32) for t in make_inputs((2, 6), 32, seed=5))
     compiled = torch.compile(
         lambda x, w: masked_norm_triton(x, w, b, m, 1e-5, "rms"), backend="aot_eager",
         fullgraph=True,
     )  # fmt: skip
     xa, wa = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y = compiled(xa, wa)
-    y.sum().backward()
+    with expect_paths(**NORM_PATHS):
+        y = compiled(xa, wa)
+        y.sum().backward()
     xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
     yr = masked_norm_reference(xr, wr, b, m, 1e-5, "rms")
     yr.sum().backward()

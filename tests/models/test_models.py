@@ -183,7 +183,6 @@ def test_dropout_only_in_train_mode(family):
     model.train()
     assert not torch.allclose(model(idx), model(idx))
     model.eval()
-    torch.testing.assert_close(model(idx), model(idx), rtol=0, atol=0)
     # eval mode equals the same weights built without dropout
     plain = build(family, dropout=0.0).eval()
     torch.testing.assert_close(model(idx), plain(idx), rtol=0, atol=0)

@@ -8,6 +8,7 @@ import torch
 
 import msgc
 from msgc import kernels, ops
+from msgc.kernels._triton import triton_runnable
 from msgc.models import build_model
 
 
@@ -32,8 +33,19 @@ def _outputs_and_grads(model, ids):
     return out.detach(), grads
 
 
+def _forward_paths(ran: list[tuple[str, str]]) -> set[str]:
+    """The paths the fused ops' forwards took (a backward may have no kernel to run)."""
+    return {path for op, path in ran if not op.endswith("_backward")}
+
+
+@pytest.mark.parametrize("impl", ["auto", "triton"])
 @pytest.mark.parametrize("family", ["gpt2", "bert", "llama"])
-def test_fused_matches_unfused_mid_ramp(family):
+def test_fused_matches_unfused_mid_ramp(family, impl, monkeypatch):
+    """auto: on a CPU the dispatcher runs the fold and the reference (no fused op); triton,
+    forced: every fused op's forward runs its Triton kernel."""
+    if impl == "triton" and not triton_runnable("cpu"):
+        pytest.skip("needs triton and TRITON_INTERPRET=1 to run Triton on CPU tensors")
+    monkeypatch.setenv(kernels.ENV_VAR, impl)
     torch.manual_seed(0)
     model = build_model(_spec(family))
     ids = torch.randint(0, 61, (2, 8))
@@ -44,7 +56,9 @@ def test_fused_matches_unfused_mid_ramp(family):
     for module in (grown, fused):
         module.set_masks(0.3)
     expected, expected_grads = _outputs_and_grads(grown, ids)
-    actual, actual_grads = _outputs_and_grads(fused, ids)
+    with kernels.kernel_paths() as ran:
+        actual, actual_grads = _outputs_and_grads(fused, ids)
+    assert _forward_paths(ran) == ({"triton"} if impl == "triton" else set()), ran
     torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
     for name, grad in expected_grads.items():
         torch.testing.assert_close(actual_grads[name], grad, rtol=1e-4, atol=1e-6)

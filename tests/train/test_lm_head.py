@@ -68,9 +68,12 @@ def test_a_grown_fused_model_splits_and_follows_its_masks(family):
     grown = msgc.fuse(msgc.grow(model, inputs, hidden=48, ffn=96, layers=3))
     grown.set_masks(0.3)
     view = head_split(grown, inputs)
-    assert torch.equal(logits_of(view, inputs), grown(*inputs))
+    at_03 = logits_of(view, inputs)
+    assert torch.equal(at_03, grown(*inputs))
     grown.set_masks(0.8)  # the split reads the same mask buffers
-    assert torch.equal(logits_of(view, inputs), grown(*inputs))
+    at_08 = logits_of(view, inputs)
+    assert torch.equal(at_08, grown(*inputs))
+    assert not torch.allclose(at_08, at_03)  # so the split did follow the masks
     grown.set_masks(1.0)
     folded = msgc.fold(grown)
     assert torch.equal(logits_of(head_split(folded, inputs), inputs), folded(*inputs))

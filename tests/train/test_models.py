@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from msgc.train.data import prepare_data
 from msgc.train.metrics import read_metrics
 from msgc.train.models import is_masked_lm, vocab_size
 from msgc.train.trainer import Trainer
+from tests.train.test_trainer import assert_preserved, observe_growth
 
 ROOT = Path(__file__).resolve().parents[2]
 FACTORY = "examples.parallel_gpt:build"  # parallel blocks: torch.fx cannot trace them
@@ -61,16 +61,14 @@ def emitted_model(folder: Path) -> torch.nn.Module:
 
 
 def test_a_custom_model_grows_on_schedule_and_ends_as_its_own_class(
-    text_file: Path, cache: Path, tmp_path: Path
+    text_file: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec_file = tmp_path / "custom.yaml"
     custom_spec(text_file).dump(spec_file)
+    seen = observe_growth(monkeypatch)
     assert main(["train", str(spec_file), "--out", str(tmp_path / "run")]) == 0
+    assert_preserved(seen, [4, 8])
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    growth = [row for row in rows if "loss_before" in row]
-    assert [row["step"] for row in growth] == [4, 8]
-    for row in growth:
-        assert math.isclose(row["loss_after"], row["loss_before"], rel_tol=1e-5)
     # the folded weights keep the user's parameter names: they load into the class at its
     # final size, and the standalone module computes the same logits
     final = build_final()

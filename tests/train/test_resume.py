@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,8 +78,15 @@ def test_corrupted_newest_checkpoint_falls_back(text_file, cache, tmp_path, refe
     assert _losses(resumed.run().rows) == reference
 
 
-def test_sigkill_anywhere_then_resume(text_file, cache, tmp_path, reference):
-    """A real subprocess killed with SIGKILL at chosen steps, resumed by the CLI."""
+KILLS = [4, 7, 11]  # rows written before each SIGKILL: before growth, mid-ramp, second ramp
+POLLS = 60_000  # x 10 ms: a hang guard (at least 10 minutes), not a speed target
+RESUMING = re.compile(r"resuming .* at step (\d+)")
+
+
+def test_sigkill_mid_run_then_resume(text_file, cache, tmp_path, reference, capsys):
+    """Real subprocesses killed with SIGKILL mid-run, each after writing rows and before the
+    end; each resumes from a checkpoint after step 0 and writes rows past the previous kill;
+    the last run, by the CLI in-process, ends bitwise as the uninterrupted run."""
     spec = _spec(text_file)
     spec_path = tmp_path / "spec.yaml"
     spec.dump(spec_path)
@@ -86,20 +94,50 @@ def test_sigkill_anywhere_then_resume(text_file, cache, tmp_path, reference):
     # the reference ran in this process: same thread count, same float rounding
     env = dict(os.environ, MSGC_CACHE=str(cache), OMP_NUM_THREADS=str(TEST_THREADS))
     command = [sys.executable, "-m", "msgc", "train", str(spec_path)]
-    killed_at = []
-    for index, stop in enumerate([4, 7, 11]):
+    killed = 0  # rows written when the last kill landed
+    for index, stop in enumerate(KILLS):
         flag = ["--out", str(run_dir)] if index == 0 else ["--resume", str(run_dir)]
-        process = subprocess.Popen(command + flag, env=env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
-        while _rows(run_dir) < stop and process.poll() is None:  # the row, or the end
-            time.sleep(0.005)
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-        killed_at.append(_rows(run_dir))
+        log = tmp_path / f"run-{index}.log"
+        with log.open("w") as out:
+            process = subprocess.Popen(command + flag, env=env, stdout=out,
+                                       stderr=subprocess.STDOUT)
+            _wait_for_rows(process, run_dir, max(stop, killed + 1), log)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+        output = log.read_text()
+        assert process.returncode == -signal.SIGKILL, (
+            f"run {index} exited with {process.returncode}, not killed mid-run:\n{output}")
+        if index:
+            _assert_resumed(output, killed)
+        killed = _rows(run_dir)
+        assert stop <= killed < STEPS, f"run {index} killed after {killed} rows:\n{output}"
     assert main(["train", str(spec_path), "--resume", str(run_dir)]) == 0
+    _assert_resumed(capsys.readouterr().err, killed)
     rows = read_metrics(run_dir / "metrics.jsonl")
-    assert [row["step"] for row in rows] == list(range(STEPS)), killed_at
-    assert _losses(rows) == reference, killed_at
+    assert [row["step"] for row in rows] == list(range(STEPS))
+    assert _losses(rows) == reference
+
+
+def _wait_for_rows(process: subprocess.Popen, run_dir: Path, rows: int, log: Path) -> None:
+    """Poll until the run has written `rows` metrics rows; fail if it exits or hangs first."""
+    for _ in range(POLLS):
+        if _rows(run_dir) >= rows:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"the training subprocess exited with {process.returncode} before "
+                        f"writing row {rows}:\n{log.read_text()}")
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    pytest.fail(f"the training subprocess wrote no row {rows} in {POLLS} polls (hung?):\n"
+                f"{log.read_text()}")
+
+
+def _assert_resumed(output: str, killed: int) -> None:
+    """The run said it resumed from a checkpoint past step 0, at most at the kill's row."""
+    match = RESUMING.search(output)
+    assert match, f"the run did not resume:\n{output}"
+    assert 0 < int(match.group(1)) <= killed, f"resumed at {match.group(1)} after {killed} rows"
 
 
 def _rows(run_dir: Path) -> int:
