@@ -97,14 +97,57 @@ class Growth:
     # --- the loop ------------------------------------------------------------------------
 
     def step(self, step: int) -> tuple[nn.Module, torch.optim.Optimizer]:
-        """Ramp, fold and grow as the schedule says at `step`; the model and optimizer."""
+        """Ramp, fold and grow as the schedule says at `step`; the model and optimizer.
+
+        The same as `ramp_step`, then `grow_step`, then `apply_learning_rate` (a loop that
+        checks something between them, as msgc train checks the loss, calls them itself)."""
+        self.ramp_step(step)
+        self.grow_step(step)
+        self.apply_learning_rate(step)
+        return self.model, self.optimizer
+
+    def ramp_step(self, step: int) -> Event | None:
+        """Set the ramping masks for `step`; fold them at 1 (then the fold event)."""
         self._current_step = step
-        self._advance_ramp(step)
-        if step in self.stages and self.stage < len(self.spec.stages):
-            self._grow(step, self.stages[step])
+        if self.ramp_start is None:
+            return None
+        c = self.mask_at(step)
+        self.model.set_masks(c)
+        if c < 1.0:
+            return None
+        start = time.perf_counter()
+        model, optimizer = self.unshard(self.model, self.optimizer)
+        model.set_masks(1.0)
+        self.replace(*self.reshard(fold(model), optimizer))
+        self.ramp_start = None
+        return self._log({"step": step, "event": "fold", "stage": self.stage,
+                          "seconds": time.perf_counter() - start})
+
+    def grow_step(self, step: int) -> Event | None:
+        """Grow if a stage starts at `step` (then the growth event)."""
+        self._current_step = step
+        stage = self.stages.get(step)
+        if stage is None or self.stage >= len(self.spec.stages):
+            return None
+        start = time.perf_counter()
+        model, optimizer = self.unshard(self.model, self.optimizer)
+        old_params = dict(model.named_parameters(remove_duplicate=False))
+        grown = self.grown(model, stage, self.stage, step, self.verify)
+        optimizer = transfer_optimizer(optimizer, old_params, grown, grown.origins)
+        self.replace(*self.reshard(grown, optimizer))
+        self.ramp_start, self.stage = step, self.stage + 1
+        return self._log({"step": step, "event": "grow", "stage": self.stage,
+                          "sizes": stage.sizes(), "seconds": time.perf_counter() - start})
+
+    def apply_learning_rate(self, step: int) -> None:
+        """With ``train``: write msgc's rate for `step` into every group (else nothing: the
+        multiplier rides on the loop's own rates)."""
         if self.train is not None:
             set_learning_rate(self.optimizer, self.learning_rate(step))
-        return self.model, self.optimizer
+
+    def _log(self, event: Event) -> Event:
+        self.events.append(event)
+        return event
 
     def mask_at(self, step: int) -> float:
         """The ramping masks' value at `step` (1 when nothing ramps)."""
@@ -131,32 +174,6 @@ class Growth:
         previous = value(self.stage - 1)
         return previous + self.mask_at(step) * (value(self.stage) - previous)
 
-    def _advance_ramp(self, step: int) -> None:
-        if self.ramp_start is None:
-            return
-        c = self.mask_at(step)
-        self.model.set_masks(c)
-        if c < 1.0:
-            return
-        start = time.perf_counter()
-        model, optimizer = self.unshard(self.model, self.optimizer)
-        model.set_masks(1.0)
-        self._replace(*self.reshard(fold(model), optimizer))
-        self.ramp_start = None
-        self.events.append({"step": step, "event": "fold", "stage": self.stage,
-                            "seconds": time.perf_counter() - start})
-
-    def _grow(self, step: int, stage: Stage) -> None:
-        start = time.perf_counter()
-        model, optimizer = self.unshard(self.model, self.optimizer)
-        old_params = dict(model.named_parameters(remove_duplicate=False))
-        grown = self.grown(model, stage, self.stage, step, self.verify)
-        optimizer = transfer_optimizer(optimizer, old_params, grown, grown.origins)
-        self._replace(*self.reshard(grown, optimizer))
-        self.ramp_start, self.stage = step, self.stage + 1
-        self.events.append({"step": step, "event": "grow", "stage": self.stage,
-                            "sizes": stage.sizes(), "seconds": time.perf_counter() - start})
-
     def grown(self, model: nn.Module, stage: Stage, index: int, step: int,
               verify: bool) -> GrownModule:
         """`model` grown to `stage` (the `index`-th growth, at `step`) as the schedule does."""
@@ -172,8 +189,9 @@ class Growth:
         inputs = self.example_inputs
         return tuple(inputs(step) if callable(inputs) else inputs)
 
-    def _replace(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        """Use `model` and `optimizer` from now on (the scheduler and hooks follow)."""
+    def replace(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Use `model` and `optimizer` from now on, e.g. after sharding them (the LR
+        scheduler and the multiplier's hooks follow)."""
         self.model = model
         if optimizer is not self.optimizer:
             self.optimizer = optimizer
@@ -219,7 +237,7 @@ class Growth:
         if self.stage or self.events:
             raise SpecError("Growth.load_state_dict: call it on a new controller, before "
                             "its first step")
-        self._replace(*self._replayed(self.model, self.optimizer, state["stage"],
+        self.replace(*self._replayed(self.model, self.optimizer, state["stage"],
                                       state["grown"]))
         self.stage, self.ramp_start = state["stage"], state["ramp_start"]
         self.events = list(state["events"])

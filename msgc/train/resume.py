@@ -18,8 +18,9 @@ from msgc.compiler import GrownModule
 FORMAT = 1
 
 
-def capture(state, scaler) -> dict[str, Any]:
-    """The payload of a checkpoint of `state` (a trainer's RunState) after its last step."""
+def capture(state, model, optimizer, scaler) -> dict[str, Any]:
+    """The payload of a checkpoint of `state` (a trainer's RunState) after its last step,
+    with `model` and `optimizer` its full (unsharded) model and optimizer."""
     return {
         "format": FORMAT,
         "step": state.step,
@@ -28,9 +29,9 @@ def capture(state, scaler) -> dict[str, Any]:
         "tokens": state.tokens,
         "flops": state.flops,
         "seconds": state.seconds,
-        "grown": isinstance(state.model, GrownModule),
-        "model": state.model.state_dict(),
-        "optimizer": state.optimizer.state_dict(),
+        "grown": isinstance(model, GrownModule),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "rng": _rng_states(),
         "metrics": list(state.metrics.rows),

@@ -2,13 +2,13 @@
 
 Each optimizer step ``s`` (0-based) trains the architecture ``spec.arch_at(s)``:
 
-1. structure: if masks are ramping since a growth at step ``g``, set them to
-   ``c = (s - g) / ramp_steps``; at ``c = 1`` fold them away (``msgc.fold`` keeps the
-   Parameters, so the optimizer carries on). Then, if a stage starts at ``s``, grow through
-   ``msgc.grow`` (verify on, masks at 0; then ``msgc.fuse`` unless ``growth.fuse`` is
-   false), move the AdamW state to the grown parameters
-   (``transfer_optimizer``), and check that the loss on this step's first micro-batch, in
-   eval mode and fp32, is the same just before and just after (1e-5 relative).
+1. structure, through the run's `msgc.Growth` (the same controller a user's own loop
+   drives): if masks are ramping since a growth at step ``g``, set them to
+   ``c = (s - g) / ramp_steps``; at ``c = 1`` fold them away. Then, if a stage starts at
+   ``s``, grow (verify on, masks at 0; fused unless ``growth.fuse`` is false) with the
+   AdamW state moved to the grown parameters, and check that the loss on this step's first
+   micro-batch, in eval mode and fp32, is the same just before and just after (1e-5
+   relative).
 2. ``grad_accum_steps`` micro-batches forward and backward under the run's autocast, the
    learning rate of step ``s`` (a pure function of ``s`` over the whole run), gradient
    clipping, one AdamW step. Growth and ramps happen once per optimizer step.
@@ -31,7 +31,6 @@ resumes on any number of processes. Each rank's dropout draws from its own RNG s
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import sys
@@ -58,7 +57,7 @@ from msgc.interop.emit import emit_module
 from msgc.interop.hf import export_hf
 from msgc.interop.hf_models import HFLogits, final_hf_section
 from msgc.models import count_parameters
-from msgc.spec import CustomModelSpec, FamilyModelSpec, HFModelSpec, Spec, Stage
+from msgc.spec import CustomModelSpec, FamilyModelSpec, HFModelSpec, Spec
 from msgc.train.checkpoint import (
     list_checkpoints,
     load_latest,
@@ -73,9 +72,6 @@ from msgc.train.metrics import MetricsLog
 from msgc.train.models import has_masked_head, is_masked_lm, make_model, vocab_size
 from msgc.train.optim import (
     build_optimizer,
-    learning_rate,
-    set_learning_rate,
-    transfer_optimizer,
 )
 from msgc.train.plot import plot_runs
 from msgc.train.precision import Precision, resolve_device
@@ -95,16 +91,31 @@ PRESERVATION_RTOL = 1e-5
 class RunState:
     """Everything the loop carries from one optimizer step to the next."""
 
-    model: nn.Module  # plain, or a msgc.GrownModule while its masks ramp; unwrapped (under
-    # FSDP: sharded in place)
-    optimizer: torch.optim.AdamW
+    growth: msgc.Growth  # the schedule, with the model (plain, or a msgc.GrownModule while
+    # its masks ramp; unwrapped, under FSDP sharded in place) and its AdamW
     metrics: MetricsLog
     step: int = 0  # optimizer steps done: the index of the next step
-    stage: int = 0  # growth events done
-    ramp_start: int | None = None  # the step of the growth whose masks are ramping
     tokens: int = 0
     flops: int = 0
     seconds: float = 0.0  # training wall time so far, evaluation excluded
+
+    @property
+    def model(self) -> nn.Module:
+        return self.growth.model
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.growth.optimizer
+
+    @property
+    def stage(self) -> int:
+        """Growth events done."""
+        return self.growth.stage
+
+    @property
+    def ramp_start(self) -> int | None:
+        """The step of the growth whose masks are ramping."""
+        return self.growth.ramp_start
 
 
 @dataclass
@@ -175,13 +186,11 @@ class Trainer:
                          pad_eval=self.fixed_batch,
                          world_size=self.parallel.world_size)
         self.tokens_per_step = train.batch_size * train.seq_len * train.grad_accum_steps
-        self.stages: dict[int, Stage] = {stage.step: stage for stage in spec.growth.stages}
-        self.lr_scales = spec.growth.lr_scales()  # the multiplier after 0, 1, ... growths
-        self.lr_restarts = spec.growth.lr_restarts()  # the decay restart after 0, 1, ...
         self.stage_flops = ([stage_cost(arch, train.seq_len)[1] for _, arch in spec.stage_archs()]
                             if isinstance(spec.model, FamilyModelSpec) else None)
         self.fingerprint = spec_fingerprint(spec.to_dict())
         self.resumed_from: int | None = None
+        self._reshard_seconds = 0.0  # the last event's re-shard (FSDP), for wrap_seconds
         payload = self._latest_checkpoint() if resume else None
         self.state = self._initial_state() if payload is None else self._resumed_state(payload)
         self._view: nn.Module = self.state.model  # the model split before its head, or itself
@@ -191,10 +200,19 @@ class Trainer:
     def _initial_state(self) -> RunState:
         """The step-0 model (seeded init) and optimizer; a fresh run directory."""
         model = self._initial_model()
-        model, optimizer = self._sharded(model, build_optimizer(model, self.spec.train))
+        growth = self._growth(*self._sharded(model, build_optimizer(model, self.spec.train)))
         self._fork_rng(0)
         metrics = MetricsLog(self._fresh_metrics_file([]))
-        return RunState(model, optimizer, metrics)
+        return RunState(growth, metrics)
+
+    def _growth(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> msgc.Growth:
+        """The spec's schedule over `model`: grown on this run's batches, new weights seeded
+        from the run's seed, every event on the unsharded state."""
+        rows = self.spec.train.batch_size if self.fixed_batch else 2
+        return msgc.Growth(self.spec.growth, model, optimizer,
+                           lambda step: self._example_inputs(step, rows),
+                           train=self.spec.train, seed=self.spec.train.seed,
+                           unshard=self._unshard, reshard=self._reshard)
 
     def _initial_model(self) -> nn.Module:
         torch.manual_seed(self.spec.train.seed)
@@ -250,27 +268,23 @@ class Trainer:
         the schedule's growth events replayed on a fresh model. Leaves the RNG as it was."""
         with torch.random.fork_rng(devices=[]):
             model = self._initial_model()
-        stages = self.spec.growth.stages
-        for index in range(stage):
-            model = self._grown(model, stages[index].step, stages[index], index, verify=False)
-            if index < stage - 1 or not grown:
-                model.set_masks(1.0)
-                model = msgc.fold(model)
-        return model
+        return self.state.growth.structure(model, stage, grown)
 
     def _resumed_state(self, payload: dict[str, Any]) -> RunState:
         """The loop state of a checkpoint: structure replayed, then weights and state loaded."""
-        model = self._structure(payload["stage"], payload["grown"])
-        model.load_state_dict(payload["model"])
-        optimizer = build_optimizer(model, self.spec.train)
-        optimizer.load_state_dict(payload["optimizer"])
-        model, optimizer = self._sharded(model, optimizer)
+        with torch.random.fork_rng(devices=[]):
+            model = self._initial_model()
+        growth = self._growth(model, build_optimizer(model, self.spec.train))
+        growth.load_state_dict({key: payload[key] for key in ("stage", "ramp_start", "grown")}
+                               | {"events": []})
+        growth.model.load_state_dict(payload["model"])
+        growth.optimizer.load_state_dict(payload["optimizer"])
+        growth.replace(*self._sharded(growth.model, growth.optimizer))
         self.precision.scaler.load_state_dict(payload["scaler"])
         self._restore_rng(payload)
         self.resumed_from = payload["step"]
         metrics = MetricsLog(self._fresh_metrics_file(payload["metrics"]), payload["metrics"])
-        return RunState(model, optimizer, metrics, step=payload["step"], stage=payload["stage"],
-                        ramp_start=payload["ramp_start"], tokens=payload["tokens"],
+        return RunState(growth, metrics, step=payload["step"], tokens=payload["tokens"],
                         flops=payload["flops"], seconds=payload["seconds"])
 
     def checkpoint(self) -> Path | None:
@@ -282,8 +296,7 @@ class Trainer:
         if self.out_dir is None:
             return None
         model, optimizer = self._gathered()
-        full = dataclasses.replace(self.state, model=model, optimizer=optimizer)
-        payload = capture(full, self.precision.scaler)
+        payload = capture(self.state, model, optimizer, self.precision.scaler)
         rank_rngs = self.parallel.gather_objects(payload["rng"])
         if not self._writes:
             return None
@@ -333,7 +346,8 @@ class Trainer:
         start = time.perf_counter()
         stage_before, model_before = state.stage, state.model
         events = self._advance_ramp(step)
-        growth = self._grow(step, self.stages[step]) if step in self.stages else {}
+        growth = self._grow(step)
+        state.growth.apply_learning_rate(step)
         loss = self._optimize(step)
         self._synchronize()
         state.seconds += time.perf_counter() - start
@@ -342,9 +356,9 @@ class Trainer:
         state.flops += self._flops_per_token(step) * self.tokens_per_step
         row = {
             "step": step, "loss": loss, "time": state.seconds, "tokens": state.tokens,
-            "flops": state.flops, "lr": self._learning_rate(step), "stage": state.stage,
-            "mask": self._mask_at(step), "params": count_parameters(state.model), **events,
-            **growth,
+            "flops": state.flops, "lr": state.growth.learning_rate(step),
+            "stage": state.stage, "mask": state.growth.mask_at(step),
+            "params": count_parameters(state.model), **events, **growth,
         }
         if state.step == train.steps:
             row |= self._advance_ramp(state.step)  # the last ramp ends with the run: fold
@@ -385,52 +399,32 @@ class Trainer:
     def _advance_ramp(self, step: int) -> dict[str, float]:
         """Set the ramping masks for `step`; fold them once they reach 1 (then the fold's
         wall time, re-wrap included, as ``fold_seconds``)."""
-        state = self.state
-        if state.ramp_start is None:
-            return {}
-        c = self._mask_at(step)
-        state.model.set_masks(c)
-        if c < 1.0:
-            return {}
         start = time.perf_counter()
-        model, optimizer = self._gathered()
-        model.set_masks(1.0)
-        state.model, state.optimizer = self._sharded(msgc.fold(model), optimizer)
-        state.ramp_start = None
+        if self.state.growth.ramp_step(step) is None:
+            return {}
         self._rewrap()
         return {"fold_seconds": time.perf_counter() - start}
 
-    def _mask_at(self, step: int) -> float:
-        """The ramping masks' value c at `step` (1 when nothing ramps)."""
-        if self.state.ramp_start is None:
-            return 1.0
-        return min(1.0, (step - self.state.ramp_start) / self.spec.growth.ramp_steps)
-
-    def _grow(self, step: int, stage: Stage) -> dict[str, float]:
-        """Grow to `stage`'s sizes, move the optimizer state, check the loss is preserved.
+    def _grow(self, step: int) -> dict[str, float]:
+        """Grow if a stage starts at `step`, and check that the loss is preserved.
 
         ``grow_seconds`` is the growth event's wall time (gather, grow, state move, re-wrap),
-        ``wrap_seconds`` its re-wrap (or re-shard) alone.
+        ``wrap_seconds`` its re-shard and re-wrap alone.
         """
-        state = self.state
+        if step not in self.state.growth.stages:
+            return {}
         inputs, targets = (t.to(self.device) for t in self.task.train_batch(
             step * self.spec.train.grad_accum_steps))
         before = self._exact_loss(inputs, targets)
         start = time.perf_counter()
-        model, optimizer = self._gathered()
-        old_params = dict(model.named_parameters(remove_duplicate=False))
-        grown = self._grown(model, step, stage, state.stage, verify=True)
-        optimizer = transfer_optimizer(optimizer, old_params, grown, grown.origins)
+        self.state.growth.grow_step(step)
         wrap_start = time.perf_counter()
-        state.model, state.optimizer = self._sharded(grown, optimizer)
         self._rewrap()
         end = time.perf_counter()
-        state.ramp_start = step
-        state.stage += 1
         after = self._exact_loss(inputs, targets)
         self._check_preserved(step, before, after)
-        return {"loss_before": before[1], "loss_after": after[1],
-                "grow_seconds": end - start, "wrap_seconds": end - wrap_start}
+        return {"loss_before": before[1], "loss_after": after[1], "grow_seconds": end - start,
+                "wrap_seconds": end - wrap_start + self._reshard_seconds}
 
     def _check_preserved(self, step: int, before: tuple[float, float],
                          after: tuple[float, float]) -> None:
@@ -446,19 +440,6 @@ class Trainer:
             f"growth at step {step} changed the loss from {old!r} to {new!r}{where} "
             f"(relative {abs(new - old) / abs(old):.2e} > {PRESERVATION_RTOL:g})"
         )
-
-    def _grown(self, model: nn.Module, step: int, stage: Stage, index: int,
-               verify: bool) -> msgc.GrownModule:
-        """`model` grown to `stage` (the `index`-th growth) exactly as the run does it."""
-        growth = self.spec.growth
-        rows = self.spec.train.batch_size if self.fixed_batch else 2
-        example = self._example_inputs(step, rows)
-        grown = msgc.grow(
-            model, example, **stage.sizes(), init=growth.init,
-            init_std=growth.init_std, seed=self.spec.train.seed + index + 1,
-            depth_placement=growth.depth_placement, verify=verify,
-        ).to(self.device).train()
-        return msgc.fuse(grown) if growth.fuse else grown
 
     def _exact_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
         """The model's loss on this rank's rows of a batch and its mean over all ranks' rows,
@@ -505,10 +486,22 @@ class Trainer:
 
     def _gathered(self) -> tuple[nn.Module, torch.optim.Optimizer]:
         """The current model and optimizer, unsharded under FSDP (every rank must call)."""
-        state = self.state
-        grown = isinstance(state.model, msgc.GrownModule)
-        return self.parallel.gather(state.model, state.optimizer,
-                                    lambda: self._structure(state.stage, grown), self.spec.train)
+        return self._unshard(self.state.model, self.state.optimizer)
+
+    def _unshard(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                 ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """`model` (the current structure) and `optimizer`, unsharded under FSDP."""
+        stage, grown = self.state.stage, isinstance(model, msgc.GrownModule)
+        return self.parallel.gather(model, optimizer, lambda: self._structure(stage, grown),
+                                    self.spec.train)
+
+    def _reshard(self, model: nn.Module, optimizer: torch.optim.Optimizer
+                 ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """`model` and `optimizer` sharded again after an event (timed for the metrics)."""
+        start = time.perf_counter()
+        sharded = self._sharded(model, optimizer)
+        self._reshard_seconds = time.perf_counter() - start
+        return sharded
 
     # --- one optimizer step --------------------------------------------------------------
 
@@ -531,7 +524,6 @@ class Trainer:
                 f"the training loss is {mean} at step {step}; stopping. "
                 f"{self._last_checkpoint_note()} Lower the learning rate or check the data."
             )
-        set_learning_rate(optimizer, self._learning_rate(step))
         if train.grad_clip:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
@@ -539,22 +531,6 @@ class Trainer:
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         return mean
-
-    def _learning_rate(self, step: int) -> float:
-        """The schedule's rate at `step` (restarted as the growth stage says) times the
-        stage's multiplier; during a ramp it moves from the previous stage's rate to the
-        current one's with the masks."""
-        stage = self.state.stage
-        rate = self._stage_rate(step, stage)
-        if self.state.ramp_start is None:
-            return rate
-        previous = self._stage_rate(step, stage - 1)
-        return previous + self._mask_at(step) * (rate - previous)
-
-    def _stage_rate(self, step: int, stage: int) -> float:
-        """The rate at `step` of stage `stage` (its restart and multiplier), ramp aside."""
-        return learning_rate(step, self.spec.train, self.lr_restarts[stage]) * \
-            self.lr_scales[stage]
 
     def _micro_loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """This rank's loss on a micro-batch, through the wrapper. With several processes it is

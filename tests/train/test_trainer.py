@@ -57,18 +57,60 @@ def final_arch(spec: Spec) -> FamilyModelSpec:
     return spec.arch_at(spec.train.steps)
 
 
-def test_two_growth_events_preserve_the_loss_and_reach_the_final_size(
-    text_file: Path, cache: Path, tmp_path: Path
+def _logits(model: torch.nn.Module, inputs: tuple) -> torch.Tensor:
+    """The model's outputs in eval mode (no dropout); it is left in train mode, as in a run."""
+    model.eval()
+    with torch.no_grad():
+        out = model(*inputs)
+    model.train()
+    return out
+
+
+def observe_growth(monkeypatch: pytest.MonkeyPatch) -> dict[int, dict[str | float, torch.Tensor]]:
+    """Logits around each growth event of the test's run (a Trainer's, the CLI's too), filled
+    in as it runs: "before" of the model just before the event, 0.0 and 1.0 of the grown model
+    at masks 0 and 1, before any update. Inputs: rows of batch 0, which the growth's own check
+    never sees. The run itself goes on unchanged (eval mode draws no random numbers)."""
+    seen: dict[int, dict[str | float, torch.Tensor]] = {}
+    grow = Trainer._grow
+
+    def observed(trainer: Trainer, step: int) -> dict[str, float]:
+        if step not in trainer.state.growth.stages:
+            return grow(trainer, step)
+        inputs = trainer.task.model_inputs(*trainer.task.example_batch(0))
+        before = _logits(trainer.state.model, inputs)
+        event = grow(trainer, step)
+        grown = trainer.state.model
+        seen[step] = {"before": before, 0.0: _logits(grown, inputs)}
+        grown.set_masks(1.0)
+        seen[step][1.0] = _logits(grown, inputs)
+        grown.set_masks(0.0)
+        return event
+
+    monkeypatch.setattr(Trainer, "_grow", observed)
+    return seen
+
+
+def assert_preserved(seen: dict[int, dict[str | float, torch.Tensor]], steps: list[int]) -> None:
+    """Growth at `steps`, each leaving the logits as they were at masks 0 (not at masks 1)."""
+    assert sorted(seen) == steps
+    for step, logits in seen.items():
+        torch.testing.assert_close(logits[0.0], logits["before"], rtol=1e-5, atol=1e-5,
+                                   msg=lambda m, s=step: f"growth at step {s}, masks 0: {m}")
+        assert not torch.allclose(logits[1.0], logits["before"], rtol=1e-3, atol=1e-3), step
+
+
+def test_two_growth_events_preserve_the_function_and_reach_the_final_size(
+    text_file: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = make_spec(text_file)
+    seen = observe_growth(monkeypatch)
     trainer, result = run(spec, cache, tmp_path / "run")
+    assert_preserved(seen, [4, 8])
     rows = result.rows
     assert [row["step"] for row in rows] == list(range(12))
     assert all(ROW_KEYS <= set(row) for row in rows)
-    growth = [row for row in rows if "loss_before" in row]
-    assert [row["step"] for row in growth] == [4, 8]
-    for row in growth:
-        assert math.isclose(row["loss_after"], row["loss_before"], rel_tol=1e-5)
+    assert [row["step"] for row in rows if "loss_before" in row] == [4, 8]
     # masks ramp k / ramp_steps after each growth, then the model is plain again
     assert [row["mask"] for row in rows] == [1, 1, 1, 1, 0, 1 / 3, 2 / 3, 1, 0, 1 / 3, 2 / 3, 1]
     assert [row["stage"] for row in rows] == [0] * 4 + [1] * 4 + [2] * 4
@@ -170,16 +212,16 @@ def test_run_directory(text_file: Path, cache: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("family", ["llama", "bert"])
-def test_growth_preserves_the_loss_in_other_families(
-    family: str, text_file: Path, cache: Path
+def test_growth_preserves_the_function_in_other_families(
+    family: str, text_file: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stages = [{"step": 3, "hidden": 48, "heads": 4, "ffn": 96, "layers": 3}]
     if family == "llama":  # GQA: 2 query heads per kv head, before and after
         stages[0] |= {"heads": 8, "kv_heads": 4}
     spec = make_spec(text_file, family, stages=stages, steps=7, eval_every=7)
+    seen = observe_growth(monkeypatch)
     _, result = run(spec, cache)
-    (row,) = [row for row in result.rows if "loss_before" in row]
-    assert math.isclose(row["loss_after"], row["loss_before"], rel_tol=1e-5)
+    assert_preserved(seen, [3])
     assert result.params == count_parameters(build_model(final_arch(spec)))
 
 
