@@ -183,3 +183,39 @@ def test_schedules_are_checked_like_spec_files() -> None:
     with pytest.raises(SpecError, match=r"growth.stages\[0\].lr_restart: restarts need"):
         msgc.Growth([{"step": 3, "hidden": 48, "lr_restart": 1.0}], model, optimizer,
                     (batch(0)[0],), ramp_steps=2)
+
+
+def test_a_plain_loop_with_growth_follows_msgc_train(text_file, cache) -> None:
+    """The same schedule, data and seed: msgc train's loss curve, step by step, to 1e-6."""
+    from msgc.train.data import prepare_data
+    from msgc.train.models import make_model
+    from msgc.train.optim import build_optimizer
+    from msgc.train.trainer import Trainer
+    from tests.train.test_trainer import make_spec
+
+    spec = make_spec(text_file, fused_head=False)
+    growth_spec = spec.growth.model_copy(update={"stages": [
+        stage.model_copy(update={"lr_scale": 0.5 if i == 0 else None})
+        for i, stage in enumerate(spec.growth.stages)]})
+    spec = spec.model_copy(update={"growth": growth_spec})
+    tokenizer, data = prepare_data(spec.train.data, "byte", 260, cache)
+    reference = [row["loss"] for row in Trainer(spec, tokenizer, data, progress=False).run().rows]
+
+    task = Trainer(spec, tokenizer, data, progress=False).task  # the run's batches
+    torch.manual_seed(spec.train.seed)
+    model = make_model(spec).train()
+    optimizer = build_optimizer(model, spec.train)
+    growth = msgc.Growth(spec.growth, model, optimizer, lambda step: task.model_inputs(
+        *task.example_batch(step, 2)), train=spec.train, seed=spec.train.seed)
+    losses = []
+    for step in range(spec.train.steps):
+        model, optimizer = growth.step(step)
+        inputs, targets = task.train_batch(step)
+        loss = task.loss(model, inputs, targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    assert len(growth.events) == 4
+    assert losses == pytest.approx(reference, rel=1e-6, abs=0)
