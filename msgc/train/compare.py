@@ -1,7 +1,10 @@
 """MSG against training the final model from scratch (the paper's protocol).
 
 Both runs train on the same data order (the same `BatchSampler` seed) for the same number of
-optimizer steps with the same learning-rate schedule, one after the other in one process.
+optimizer steps with the same learning-rate schedule, one after the other in one process,
+or with ``interleave=N`` in alternating blocks of N steps (each arm with its own RNG state,
+so the same losses), which makes the wall-clock ratio immune to the machine's speed drifting
+between the runs.
 The report (``compare``'s return value, written as JSON by ``msgc compare --json``)::
 
     {"spec": ..., "steps": ..., "device": ...,
@@ -10,7 +13,7 @@ The report (``compare``'s return value, written as JSON by ``msgc compare --json
      "bpb_gap": msg test bpb / scratch test bpb - 1,
      ["speedup_to_target": scratch wall / wall of the shortest MSG budget whose final val loss
       is at or below scratch's (null if none), "target_run": its name],
-     "plot": path or null}
+     "interleave": N or null, "plot": path or null}
 
 where each RUN is a `RunResult.summary()` (wall_seconds, flops, val_loss, val_bpb, test_bpb,
 ...). Wall time is training time, evaluation excluded. With ``match_quality`` the MSG
@@ -30,10 +33,11 @@ from msgc.spec import FamilyModelSpec, HFModelSpec, Spec, parse_spec
 from msgc.train.data import TokenData
 from msgc.train.plot import plot_runs
 from msgc.train.precision import resolve_device
+from msgc.train.resume import restore_rng, rng_states
 from msgc.train.tokenizer import Tokenizer
 from msgc.train.trainer import RunResult, Trainer
 
-__all__ = ["STRETCHES", "compare", "compare_report", "rescale", "scratch_spec"]
+__all__ = ["STRETCHES", "compare", "compare_report", "interleaved", "rescale", "scratch_spec"]
 
 STRETCHES = (1.25, 1.5, 2.0)
 """The longer MSG budgets ``--match-quality`` tries, as multiples of the spec's steps."""
@@ -98,22 +102,48 @@ def compare(
     match_quality: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    interleave: int | None = None,
 ) -> dict[str, Any]:
     """Train scratch, then MSG (and with `match_quality` the stretched MSG budgets); report.
 
-    Each run writes `out_dir`/<label>; `overwrite` replaces runs already there."""
+    Each run writes `out_dir`/<label>; `overwrite` replaces runs already there. With
+    `interleave` (a number of steps) the arms train in alternating blocks (`interleaved`)."""
     if not spec.growth.stages:
         raise SpecError(f"{spec.name}: growth.stages is empty, so there is nothing to compare; "
                         "add growth stages")
     specs = {"scratch": scratch_spec(spec), "msg": spec}
     if match_quality:
         specs |= {f"msg_x{f:g}": rescale(spec, f, f"{spec.name}-x{f:g}") for f in STRETCHES}
-    results: dict[str, RunResult] = {}
-    for label, run_spec in specs.items():
+
+    def trainer(label: str, show_progress: bool) -> Trainer:
         run_dir = out_dir / label if out_dir is not None else None
-        results[label] = Trainer(run_spec, tokenizer, data, run_dir, progress,
-                                 overwrite=overwrite).run()
-    return compare_report(spec, results, out_dir, match_quality)
+        return Trainer(specs[label], tokenizer, data, run_dir, show_progress,
+                       overwrite=overwrite)
+
+    if interleave is None:
+        results = {label: trainer(label, progress).run() for label in specs}
+    else:  # each arm's RNG state as its own initialisation left it
+        arms = {label: (trainer(label, False), rng_states()) for label in specs}
+        results = interleaved(arms, interleave)
+    report = compare_report(spec, results, out_dir, match_quality)
+    report["interleave"] = interleave
+    return report
+
+
+def interleaved(arms: dict[str, tuple[Trainer, dict[str, Any]]],
+                block: int) -> dict[str, RunResult]:
+    """Train every arm (a trainer and its RNG state) in turns of `block` steps in this
+    process, so a change in the machine's speed falls on all alike. Each arm carries its own
+    RNG state (dropout) across the turns, so it trains exactly as it would alone."""
+    trainers = {label: t for label, (t, _) in arms.items()}
+    rngs = {label: rng for label, (_, rng) in arms.items()}
+    while any(t.state.step < t.spec.train.steps for t in trainers.values()):
+        for label, t in trainers.items():
+            restore_rng(rngs[label])
+            for _ in range(min(block, t.spec.train.steps - t.state.step)):
+                t.train_step()
+            rngs[label] = rng_states()
+    return {label: t.finish() for label, t in trainers.items()}
 
 
 def compare_report(spec: Spec, results: dict[str, RunResult], out_dir: Path | None,

@@ -33,12 +33,13 @@ def capture(state, model, optimizer, scaler) -> dict[str, Any]:
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": _rng_states(),
+        "rng": rng_states(),
         "metrics": list(state.metrics.rows),
     }
 
 
-def _rng_states() -> dict[str, Any]:
+def rng_states() -> dict[str, Any]:
+    """The torch (CPU and CUDA) and Python RNG states, for `restore_rng`."""
     states = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()

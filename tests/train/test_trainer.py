@@ -330,3 +330,24 @@ def test_compare_writes_the_report(text_file: Path, cache: Path, tmp_path: Path,
     assert report["runs"]["msg_x2"]["steps"] == 16
     out = capsys.readouterr().out
     assert "speedup (wall)" in out and "msg_x1.5" in out
+
+
+def test_interleaved_compare_trains_each_arm_as_it_trains_alone(
+        text_file: Path, cache: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Alternating blocks of 3 steps (dropout on): every loss and evaluation as in the
+    one-after-the-other compare, which the same spec ran first."""
+    spec_path = tmp_path / "tiny.yaml"
+    make_spec(text_file, stages=STAGES[:1], steps=8).dump(spec_path)
+    reports = {}
+    for name, extra in (("sequential", []), ("interleaved", ["--interleave", "3"])):
+        path = tmp_path / f"{name}.json"
+        assert main(["compare", str(spec_path), "--json", str(path), *extra]) == 0
+        reports[name] = json.loads(path.read_text())
+    assert (reports["sequential"]["interleave"], reports["interleaved"]["interleave"]) == (None, 3)
+    for arm in ("scratch", "msg"):
+        runs = [reports[name]["runs"][arm] for name in reports]
+        for key in ("steps", "flops", "val_loss", "test_loss", "test_bpb"):
+            assert runs[0][key] == runs[1][key], (arm, key)
+    assert "speedup (wall, interleaved)" in capsys.readouterr().out
+    assert main(["compare", str(spec_path), "--interleave", "0"]) == 2
+    assert "--interleave: a block is a positive number of steps" in capsys.readouterr().err
