@@ -46,7 +46,7 @@ class GrownModule(fx.GraphModule):
 
     origins: dict[str, ParamOrigin]
     record: GrowthRecord
-    example_inputs: tuple  # what it was grown with (exported graphs may fix their shapes)
+    example_inputs: tuple  # what it was grown with (batch and sequence stay dynamic)
 
     def set_masks(self, c: float) -> None:
         """Set every new structure's mask (and new blocks' mixing) to c in [0, 1]."""
@@ -92,7 +92,9 @@ def grow(
     """A larger copy of `model` that computes the same function while its masks are 0.
 
     Sizes are targets for every block; any subset may be given. `heads` keeps head_dim.
-    The model is not modified; the grown module holds its own weights.
+    The model is not modified; the grown module holds its own weights. A transformers model
+    is taken as constructed (KV cache on): the grown module returns the original's
+    ModelOutput class with the logits only (no cache), for any batch and sequence length.
     """
     if init not in INITS:
         raise GrowthError(f"init: must be one of {', '.join(INITS)}, got {init!r}")

@@ -778,6 +778,9 @@ def rule_factory(a: Analysis, node: fx.Node) -> None:
     """ones/zeros/full/empty/arange: fresh dims; literal sizes are rewritten on growth."""
     out = a.fresh(node)
     if node.target in (torch.arange, aten.arange.default, aten.arange.start):
+        if node.target is not aten.arange.start and len(node.args) == 1 and isinstance(
+                node.args[0], int):
+            a.size_arg(node, ("args", 0), out[0])  # arange(n), n a literal: n entries
         return
     sizes = node.args[0] if node.args and isinstance(node.args[0], (list, tuple)) else None
     for d in range(len(out)):

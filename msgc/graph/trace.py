@@ -3,12 +3,17 @@
 The IR has parameters as get_attr nodes under their original qualified names, the
 torch.nn leaf layers (Linear, LayerNorm, ...) inlined as functional calls, dropout as
 mode-aware modules, and a shape on every tensor node (node.meta["tensor_meta"]).
-torch.fx.symbolic_trace is tried first; torch.export(strict=False) where it fails.
+torch.fx.symbolic_trace is tried first; torch.export(strict=False) where it fails, with batch
+and sequence sizes symbolic. Hugging Face models go straight to torch.export, as a copy with the
+KV cache off and the output reduced to the logits. Exported graphs are brought to the ops the
+analysis has rules for: in-place ops on temporaries made functional, x @ W.T as linear.
 """
 
 import copy
+import functools
 import inspect
 import operator
+import sys
 
 import torch
 import torch.fx as fx
@@ -36,6 +41,8 @@ def to_ir(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         gm = _trace(model, example_inputs)
         _inline_leaf_modules(gm)
         _mode_aware_dropout(gm)
+        _functional_inplace(gm)
+        _canonical_ops(gm)
         _drop_dead_code(gm)
         setattr(gm, IR_MARK, True)
     propagate_shapes(gm, example_inputs)
@@ -63,28 +70,72 @@ def _copy_ir(gm: fx.GraphModule) -> fx.GraphModule:
 
 
 def _trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
-    was_training = model.training
+    model = _traceable_copy(model)
     model.train()  # dropout probabilities are literals only in train mode
-    try:
+    if _is_hf_model(model):  # HF forwards never symbolic_trace (decorators, control flow)
         try:
-            return _symbolic_trace(model, example_inputs)
-        except Exception as fx_error:
-            try:
-                return _export(model, example_inputs)
-            except Exception as export_error:
-                raise GraphError(
-                    f"cannot trace {type(model).__name__}: torch.fx.symbolic_trace failed "
-                    f"({_first_line(fx_error)}) and torch.export(strict=False) failed "
-                    f"({_first_line(export_error)}). Remove data-dependent control flow "
-                    "from forward, or pass example inputs that run through the model."
-                ) from export_error
-    finally:
-        model.train(was_training)
+            return _export(model, example_inputs)
+        except Exception as export_error:
+            raise _trace_error(model, f"torch.export(strict=False) failed "
+                               f"({_first_line(export_error)})") from export_error
+    try:
+        return _symbolic_trace(model, example_inputs)
+    except Exception as fx_error:
+        try:
+            return _export(model, example_inputs)
+        except Exception as export_error:
+            raise _trace_error(model, f"torch.fx.symbolic_trace failed ({_first_line(fx_error)}) "
+                               f"and torch.export(strict=False) failed "
+                               f"({_first_line(export_error)})") from export_error
+
+
+def _trace_error(model: nn.Module, why: str) -> GraphError:
+    return GraphError(f"cannot trace {type(model).__name__}: {why}. Remove data-dependent "
+                      "control flow from forward, or pass example inputs that run through "
+                      "the model.")
 
 
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+# --- Hugging Face models as constructed -------------------------------------------------
+
+
+def _is_hf_model(module: nn.Module) -> bool:
+    """A transformers PreTrainedModel (transformers is never imported for this)."""
+    transformers = sys.modules.get("transformers")
+    return transformers is not None and isinstance(module, transformers.PreTrainedModel)
+
+
+def _traceable_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` that tracing can carry; the user's model and config stay as they are.
+
+    In every Hugging Face model inside it the KV cache is off (a DynamicCache is no tensor);
+    a top-level HF model's output is reduced to its logits, in the same ModelOutput class
+    (`past_key_values`, `hidden_states`, ... are None): the grown model returns that.
+    """
+    model = copy.deepcopy(model)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if _is_hf_model(module) and getattr(config, "use_cache", False):
+            config.use_cache = False
+    if _is_hf_model(model):
+        model.forward = _logits_only(model.forward)
+    return model
+
+
+def _logits_only(forward):
+    @functools.wraps(forward)
+    def logits_forward(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        model_output = sys.modules["transformers"].utils.ModelOutput
+        if isinstance(out, model_output) and out.get("logits") is not None:
+            return type(out)(logits=out["logits"])
+        return out
+
+    return logits_forward
 
 
 def _symbolic_trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
@@ -95,16 +146,14 @@ def _symbolic_trace(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         for p in params[len(example_inputs):]
         if p.default is not inspect.Parameter.empty
     }
-    traced = fx.symbolic_trace(copy.deepcopy(model), concrete_args=concrete or None)
+    traced = fx.symbolic_trace(model, concrete_args=concrete or None)
     return fx.GraphModule(traced, traced.graph, class_name=type(model).__name__)
 
 
 def _export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
     """torch.export with batch and sequence symbolic, unlifted into a trainable GraphModule."""
     dynamic = tuple(_dynamic_dims(x) for x in example_inputs)
-    program = torch.export.export(
-        copy.deepcopy(model), example_inputs, dynamic_shapes=dynamic, strict=False
-    )
+    program = torch.export.export(model, example_inputs, dynamic_shapes=dynamic, strict=False)
     unlifted = program.module()
     graph = unlifted.graph
     for node in list(graph.nodes):
@@ -265,6 +314,111 @@ def _present(values: dict) -> dict:
     return {k: v for k, v in values.items() if v not in (None, False)}
 
 
+# --- in-place ATen ops on temporaries become functional --------------------------------
+
+
+def _functional_inplace(gm: fx.GraphModule) -> None:
+    """`x.add_(y)` on a temporary x (no view, input or weight) becomes `z = x + y`, and the
+    nodes after it read z: what torch.export keeps of `mlp_output += attention_output`."""
+    order = {node: i for i, node in enumerate(gm.graph.nodes)}
+    for node in list(gm.graph.nodes):
+        functional = _functional_op(node)
+        target = node.args[0] if node.args else None
+        if functional is None or not _owns_storage(target):
+            continue
+        node.target = functional
+        for user in list(target.users):
+            if order[user] > order[node]:
+                user.replace_input_with(target, node)
+    gm.recompile()
+
+
+def _functional_op(node: fx.Node):
+    """The out-of-place overload of an in-place ATen op (aten.add_.Tensor -> aten.add.Tensor)."""
+    op = node.target
+    if node.op != "call_function" or not isinstance(op, torch._ops.OpOverload):
+        return None
+    arguments = op._schema.arguments
+    alias = arguments[0].alias_info if arguments else None
+    name = op._schema.name.split("::")[-1]
+    if alias is None or not alias.is_write or not name.endswith("_"):
+        return None
+    return getattr(getattr(aten, name[:-1], None), op._overloadname, None)
+
+
+def _owns_storage(node) -> bool:
+    """A result of an ATen op that is no view of another tensor."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
+        return False
+    op = node.target
+    return isinstance(op, torch._ops.OpOverload) and all(
+        r.alias_info is None for r in op._schema.returns)
+
+
+# --- ATen ops as the ops msgc has rules for ----------------------------------------------
+
+
+def _canonical_ops(gm: fx.GraphModule) -> None:
+    """x @ W.T as linear (Falcon), baddbmm (Bloom's ALiBi scores) and arange(start, end) in
+    terms of simpler ops."""
+    for node in list(gm.graph.nodes):
+        rewrite = _REWRITES.get(node.target) if node.op == "call_function" else None
+        if rewrite is None:
+            continue
+        with gm.graph.inserting_before(node):
+            new = rewrite(gm.graph, node)
+        if new is None:
+            continue
+        new.meta = dict(node.meta)  # the same value, computed by other ops
+        node.replace_all_uses_with(new)
+        gm.graph.erase_node(node)
+    gm.recompile()
+
+
+def _matmul_weight(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
+    """x @ W.T, W a weight matrix: linear(x, W)."""
+    x, y = node.args[:2]
+    transposes = (aten.numpy_T.default, aten.t.default)
+    if not (isinstance(y, fx.Node) and y.target in transposes and y.args[0].op == "get_attr"):
+        return None
+    return graph.call_function(aten.linear.default, (x, y.args[0]))
+
+
+def _baddbmm(graph: fx.Graph, node: fx.Node) -> fx.Node:
+    """baddbmm(x, b1, b2, beta, alpha) = beta * x + alpha * (b1 @ b2)."""
+    x, b1, b2 = node.args[:3]
+    beta = _arg(node, 3, "beta", 1)
+    alpha = _arg(node, 4, "alpha", 1)
+    product = _call(graph, node, aten.bmm.default, (b1, b2))
+    if alpha != 1:
+        product = _call(graph, node, aten.mul.Tensor, (product, alpha))
+    if beta == 0:
+        return product
+    if beta != 1:
+        x = _call(graph, node, aten.mul.Tensor, (x, beta))
+    return graph.call_function(aten.add.Tensor, (x, product))
+
+
+def _arange_from(graph: fx.Graph, node: fx.Node) -> fx.Node | None:
+    """arange(start, end) with literal ints = arange(end - start) + start: its length is one
+    literal, which growth can rewrite (ALiBi's head slopes)."""
+    start, end = node.args[:2]
+    if not (isinstance(start, int) and isinstance(end, int)):
+        return None
+    length = _call(graph, node, aten.arange.default, (end - start,), dict(node.kwargs))
+    return graph.call_function(aten.add.Tensor, (length, start))
+
+
+def _call(graph: fx.Graph, like: fx.Node, target, args: tuple, kwargs: dict | None = None):
+    new = graph.call_function(target, args, kwargs or {})
+    new.meta = {k: v for k, v in like.meta.items() if k in ("nn_module_stack", "stack_trace")}
+    return new
+
+
+_REWRITES = {aten.matmul.default: _matmul_weight, aten.baddbmm.default: _baddbmm,
+             aten.arange.start: _arange_from}
+
+
 def _drop_dead_code(gm: fx.GraphModule) -> None:
     """Remove nodes whose results are unused (size reads left behind by tracing)."""
     for node in reversed(list(gm.graph.nodes)):
@@ -276,4 +430,6 @@ def _drop_dead_code(gm: fx.GraphModule) -> None:
 
 
 def _has_side_effects(node: fx.Node) -> bool:
+    if isinstance(node.target, torch._ops.OpOverload):
+        return node.target._schema.is_mutable  # an in-place ATen op left as it is
     return node.op == "call_method" and str(node.target).endswith("_")

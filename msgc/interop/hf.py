@@ -65,7 +65,7 @@ def export_hf(folded: fx.GraphModule, like: nn.Module, path: str | Path,
 
     `prefix`: where the HF model sits in `folded`'s parameter names (e.g. "hf." when it
     was grown inside a wrapper)."""
-    if example_inputs is None:  # the shapes it was grown with: export may have fixed them
+    if example_inputs is None:  # the inputs it was grown with
         example_inputs = getattr(folded, "example_inputs", None) or (
             torch.randint(0, like.config.vocab_size, (2, 8)),)
     sizes = grown_sizes(folded, example_inputs)

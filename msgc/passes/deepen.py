@@ -75,7 +75,8 @@ def _path_of(blocks: Blocks, item: tuple[str, int], copies_so_far: int) -> str:
 
 def _block_output(blocks: Blocks, path: str) -> fx.Node:
     inside = set(blocks.nodes[path])
-    leaving = [n for n in blocks.nodes[path] if any(u not in inside for u in n.users)]
+    leaving = [n for n in blocks.nodes[path] if any(u not in inside for u in n.users)
+               and "tensor_meta" in n.meta]  # sizes (batch * heads) may be reused later
     if len(leaving) != 1:
         names = ", ".join(n.name for n in leaving) or "none"
         raise GraphError(f"block {path}: expected one output used after the block, found "

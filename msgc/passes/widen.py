@@ -144,8 +144,8 @@ def rewrite_sizes(plan: Plan) -> None:
             _rewrite_slice(plan, arg)
             continue
         leaves = a.atoms.leaves(arg.atom)
-        dynamic = any("input" in a.atoms.tags_of(leaf) for leaf in leaves)
         current = _get(arg.node, arg.path)
+        dynamic = _input_size(current) or any("input" in a.atoms.tags_of(leaf) for leaf in leaves)
         if current == -1:  # inferred by torch from the other sizes
             continue
         if dynamic:
@@ -161,6 +161,16 @@ def rewrite_sizes(plan: Plan) -> None:
     _check_shared_split_sizes(plan)
 
 
+def _input_size(value) -> bool:
+    """A size computed at run time from a graph input's sizes (batch, sequence, batch * heads):
+    it stays symbolic."""
+    if not isinstance(value, fx.Node) or "tensor_meta" in value.meta:
+        return False
+    if value.target in (torch.ops.aten.sym_size.int, "size"):
+        return value.args[0].op == "placeholder"
+    return any(_input_size(v) for v in value.all_input_nodes)
+
+
 def _rewrite_slice(plan: Plan, arg) -> None:
     a = plan.analysis
     if not plan.grows(arg.within):
@@ -172,6 +182,9 @@ def _rewrite_slice(plan: Plan, arg) -> None:
     k = segments.index(piece)
     start = sum(plan.new_size(s) for s in segments[:k])
     stop = start + plan.new_size(piece)
+    if arg.node.target is torch.ops.aten.slice.Tensor:  # slice(x, dim, start, end, step)
+        arg.node.args = (*arg.node.args[:2], start, stop, *arg.node.args[4:])
+        return
     old = _get(arg.node, arg.path[:-1])
     _set(arg.node, arg.path[:-1], slice(start, stop, old.step))
 
