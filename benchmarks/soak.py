@@ -43,7 +43,7 @@ from msgc.bench.results import write_result
 from msgc.train.corpus import load_corpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VOLATILE = {"time", "grow_seconds"}  # wall-clock fields: differ from run to run
+VOLATILE_SUFFIX = "_seconds"  # wall-clock fields (grow, wrap, fold): differ from run to run
 POLL = 0.005  # seconds between looks at the run directory
 STARTUP_KILL_SHARE = 0.2  # fraction of kills aimed at process start-up
 
@@ -232,13 +232,18 @@ def msgc_source() -> dict[str, Any]:
     return {"commit": commit, "modified": bool(dirty)}
 
 
+
+def _without_wall_times(row: dict[str, Any]) -> dict[str, Any]:
+    """A metrics row without its wall-clock fields (``time`` and every ``*_seconds``)."""
+    return {k: v for k, v in row.items() if k != "time" and not k.endswith(VOLATILE_SUFFIX)}
+
 def compare(reference: Path, soaked: Path) -> dict[str, Any]:
     """Bitwise comparison of the two runs' metrics and final weights."""
     ref_rows, rows = read_rows(reference), read_rows(soaked)
     steps_ok = [r["step"] for r in rows] == [r["step"] for r in ref_rows]
     losses = steps_ok and [r["loss"] for r in rows] == [r["loss"] for r in ref_rows]
-    strip = [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
-    ref_strip = [{k: v for k, v in r.items() if k not in VOLATILE} for r in ref_rows]
+    strip = [_without_wall_times(r) for r in rows]
+    ref_strip = [_without_wall_times(r) for r in ref_rows]
     first_diff = next((r["step"] for r, s in zip(ref_strip, strip, strict=False) if r != s), None)
     ref_weights = load_file(reference / "model.safetensors")
     weights = load_file(soaked / "model.safetensors")

@@ -11,13 +11,7 @@ import msgc
 from msgc.errors import GraphError, GrowthError, MsgcError
 from tests.graph.zoo import BY_NAME, VOCAB, found_sizes, token_ids
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _model(name: str):

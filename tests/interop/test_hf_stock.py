@@ -34,13 +34,7 @@ RTOL = 1e-5
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hf-families.md"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add overhead (and spin on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
