@@ -1,6 +1,6 @@
 """The Hugging Face `Trainer` grows a model on an msgc schedule: a callback over msgc.Growth.
 
-    model = GrowableCausalLM(GPT2LMHeadModel(config))   # config.use_cache = False
+    model = GrowableCausalLM(GPT2LMHeadModel(config))
     growth = MsgcGrowthCallback([{"step": 300, "hidden": 512, "heads": 8}], ramp_steps=100,
                                 example_inputs=(ids,))
     Trainer(model=model, args=args, train_dataset=data, callbacks=[growth]).train()
@@ -50,7 +50,7 @@ class GrowableCausalLM(nn.Module):
     ``num_items_in_batch`` under gradient accumulation, as the Trainer's own LMs do).
 
     `body` is what msgc grows: a module whose output is the logits or has ``"logits"`` (a
-    `transformers` LM built with ``use_cache=False``). It sees ``input_ids`` only, which is
+    `transformers` LM as constructed). It sees ``input_ids`` only, which is
     exact for rows of tokens followed by padding (causal attention never looks right); a
     left-padded ``attention_mask`` is refused.
     """
