@@ -1,10 +1,10 @@
 """Masked kernels: masked linear (+ activation), masked SwiGLU, masked Layer/RMS norm.
 
 The public functions go through the dispatcher (:mod:`msgc.kernels.dispatch`), which
-picks the reference, weight-fold or Triton implementation per shape, dtype and device;
-``impl=`` or ``$MSGC_KERNELS`` forces one. The custom ops ``msgc::masked_linear``,
-``msgc::masked_swiglu`` and ``msgc::masked_norm`` (with their ``*_backward`` ops) are
-registered on import, with fake and autograd implementations.
+picks the reference, weight-fold, Triton or (when offered) torch.compile'd implementation
+per shape, dtype and device; ``impl=`` or ``$MSGC_KERNELS`` forces one. The custom ops
+``msgc::masked_linear``, ``msgc::masked_swiglu`` and ``msgc::masked_norm`` (with their
+``*_backward`` ops) are registered on import, with fake and autograd implementations.
 
 Note: ``msgc.kernels.masked_linear`` / ``msgc.kernels.masked_norm`` are the public
 functions; the modules of the same names are reached with
@@ -14,6 +14,7 @@ functions; the modules of the same names are reached with
 """
 
 from msgc.kernels.dispatch import (
+    COMPILED_ENV_VAR,
     ENV_VAR,
     IMPLS,
     KernelUnavailableError,
@@ -22,6 +23,7 @@ from msgc.kernels.dispatch import (
     masked_linear,
     masked_norm,
     masked_swiglu,
+    offer_compiled,
 )
 from msgc.kernels.masked_linear import (
     ACTIVATIONS,
@@ -37,6 +39,7 @@ from msgc.kernels.paths import kernel_paths
 
 __all__ = [
     "ACTIVATIONS",
+    "COMPILED_ENV_VAR",
     "ENV_VAR",
     "IMPLS",
     "NORM_KINDS",
@@ -55,4 +58,5 @@ __all__ = [
     "masked_swiglu_fold",
     "masked_swiglu_reference",
     "masked_swiglu_triton",
+    "offer_compiled",
 ]

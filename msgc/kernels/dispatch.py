@@ -1,4 +1,4 @@
-"""Pick the implementation of each masked op: reference, fold or triton.
+"""Pick the implementation of each masked op: reference, fold, triton or compiled.
 
 Per (op, shapes, dtype, device, flags, whether a gradient is needed) the dispatcher
 measures the valid candidates once on the call's own inputs, drops any whose output
@@ -6,12 +6,16 @@ disagrees with the reference, caches the fastest and uses it from then on.
 
 * Candidates: ``triton`` only where Triton and a CUDA GPU are present (never the
   interpreter unless forced); ``fold`` where it is valid (masked_linear with the mask
-  before the activation, masked_swiglu; a norm has no fold); ``reference`` always.
-* Without a GPU nothing is measured: ``fold`` where valid, ``reference`` otherwise.
-* Inside torch.compile nothing is measured either: a cached choice or that same rule.
+  before the activation, masked_swiglu; a norm has no fold); ``reference`` always; and
+  ``compiled`` (torch.compile of the reference, Inductor) when offered: by
+  :func:`offer_compiled` or ``MSGC_KERNELS_COMPILED=1``, where Inductor can run.
+* Without a GPU nothing is measured: ``fold`` where valid, ``reference`` otherwise;
+  offering ``compiled`` measures on a CPU too (compiling each op once per new shape).
+* Inside torch.compile nothing is measured either: a cached choice or that same rule, and
+  ``compiled`` runs the reference for the outer compilation to trace.
 * Forcing: ``impl=`` on a call, or the environment variable ``MSGC_KERNELS`` set to
-  ``reference|fold|triton|auto``. A forced ``fold`` where a fold is not valid runs the
-  reference arithmetic. A forced ``triton`` where Triton cannot run raises
+  ``reference|fold|triton|compiled|auto``. A forced ``fold`` where a fold is not valid runs
+  the reference arithmetic. A forced ``triton`` or ``compiled`` where it cannot run raises
   :class:`KernelUnavailableError` when asked through ``impl=``; through the environment it
   warns once and falls back to ``auto``.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 import statistics
 import time
 import warnings
@@ -36,9 +41,10 @@ from msgc.kernels._triton import triton_fast, triton_runnable
 _ml = importlib.import_module("msgc.kernels.masked_linear")
 _mn = importlib.import_module("msgc.kernels.masked_norm")
 
-IMPLS = ("reference", "fold", "triton")
+IMPLS = ("reference", "fold", "triton", "compiled")
 MODES = (*IMPLS, "auto")
 ENV_VAR = "MSGC_KERNELS"
+COMPILED_ENV_VAR = "MSGC_KERNELS_COMPILED"
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 # Relative (to max |reference|) error a candidate may show in the correctness check.
@@ -48,6 +54,8 @@ _cache: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float]] = {}
 _warned_env: set[str] = set()
 _measure_on_cpu = False
+_offer_compiled: bool | None = None  # None: $MSGC_KERNELS_COMPILED decides
+_compiled: dict[str, Callable] = {}  # op -> torch.compile of its reference
 
 
 class KernelUnavailableError(MsgcError):
@@ -55,9 +63,10 @@ class KernelUnavailableError(MsgcError):
 
 
 def clear_cache() -> None:
-    """Forget every measured choice."""
+    """Forget every measured choice and compiled candidate."""
     _cache.clear()
     _timings.clear()
+    _compiled.clear()
 
 
 def cache_info() -> dict[tuple, str]:
@@ -75,6 +84,42 @@ def set_measure_on_cpu(flag: bool) -> bool:
     global _measure_on_cpu
     old, _measure_on_cpu = _measure_on_cpu, bool(flag)
     return old
+
+
+def offer_compiled(flag: bool | None) -> bool | None:
+    """Make ``compiled`` a measured candidate (True), not one (False), or leave it to
+    ``$MSGC_KERNELS_COMPILED`` (None); returns the old setting."""
+    global _offer_compiled
+    old, _offer_compiled = _offer_compiled, None if flag is None else bool(flag)
+    return old
+
+
+def _compiled_offered() -> bool:
+    if _offer_compiled is not None:
+        return _offer_compiled
+    return os.environ.get(COMPILED_ENV_VAR, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def inductor_runnable(device: torch.device) -> bool:
+    """Whether torch.compile's Inductor can generate kernels for ``device`` here: Triton
+    and a CUDA GPU, or a C++ compiler for a CPU."""
+    if device.type == "cuda":
+        return triton_fast(device)
+    return device.type == "cpu" and any(shutil.which(cc) for cc in ("g++", "clang++", "c++"))
+
+
+def _compiled_reference(op: str, reference: Callable) -> Callable:
+    """torch.compile of ``reference``, one per op (shapes recompile, then go dynamic);
+    inside another torch.compile the reference itself, for that compilation to trace."""
+
+    def run(*args):
+        if torch.compiler.is_compiling():
+            return reference(*args)
+        if op not in _compiled:
+            _compiled[op] = torch.compile(reference)
+        return _compiled[op](*args)
+
+    return run
 
 
 def requested_mode(impl: str | None = None) -> tuple[str, bool]:
@@ -113,6 +158,15 @@ def _signature(t: Tensor | None) -> tuple | None:
     return None if t is None else (tuple(t.shape), t.dtype)
 
 
+# A forced implementation that may not run here: (can it run on a device, what it needs).
+_NEEDS = {
+    "triton": (lambda d: triton_runnable(d),
+               "triton and a CUDA GPU, or TRITON_INTERPRET=1 for CPU tensors"),
+    "compiled": (lambda d: inductor_runnable(d),
+                 "Inductor: triton and a CUDA GPU, or a C++ compiler"),
+}
+
+
 def _choose(
     op: str,
     impl: str | None,
@@ -123,19 +177,19 @@ def _choose(
 ) -> str:
     mode, explicit = requested_mode(impl)
     x = tensors[0]
-    if mode == "triton":
-        if triton_runnable(x.device):
-            return "triton"
+    if mode in _NEEDS:
+        runnable, needs = _NEEDS[mode]
+        if runnable(x.device):
+            return mode
         msg = (
-            f"{op}: the triton implementation cannot run on {x.device} here (it needs "
-            "triton and a CUDA GPU, or TRITON_INTERPRET=1 for CPU tensors); use "
-            "impl='auto' or impl='fold'"
+            f"{op}: the {mode} implementation cannot run on {x.device} here (it needs "
+            f"{needs}); use impl='auto' or impl='fold'"
         )
         if explicit:
             raise KernelUnavailableError(msg)
         if msg not in _warned_env:
             _warned_env.add(msg)
-            warnings.warn(f"{ENV_VAR}=triton ignored: {msg}", stacklevel=3)
+            warnings.warn(f"{ENV_VAR}={mode} ignored: {msg}", stacklevel=3)
         mode = "auto"
     if mode == "fold":
         return "fold" if fold_valid else "reference"
@@ -143,7 +197,8 @@ def _choose(
         return "reference"
 
     grad = _needs_grad(tensors)
-    key = (op, x.device.type, x.device.index, *map(_signature, tensors), flags, grad)
+    compiled = _compiled_offered() and inductor_runnable(x.device)
+    key = (op, x.device.type, x.device.index, *map(_signature, tensors), flags, grad, compiled)
     hit = _cache.get(key)
     if hit is not None:
         return hit
@@ -151,10 +206,12 @@ def _choose(
     candidates = []
     if triton_fast(x.device) and _triton_ok(tensors):
         candidates.append("triton")
+    if compiled:
+        candidates.append("compiled")
     if fold_valid:
         candidates.append("fold")
     candidates.append("reference")
-    measurable = x.device.type == "cuda" or _measure_on_cpu
+    measurable = x.device.type == "cuda" or _measure_on_cpu or compiled
     if torch.compiler.is_compiling() or not measurable or len(candidates) == 1:
         return static
     choice = _measure(key, candidates, tensors, grad, run)
@@ -229,6 +286,7 @@ def _run_linear(act, mba):
         "reference": _ml.masked_linear_reference,
         "fold": _ml.masked_linear_fold,
         "triton": _ml.masked_linear_triton,
+        "compiled": _compiled_reference("masked_linear", _ml.masked_linear_reference),
     }
 
     def run(name, t):
@@ -266,6 +324,7 @@ def _run_swiglu(name, t):
         "reference": _ml.masked_swiglu_reference,
         "fold": _ml.masked_swiglu_fold,
         "triton": _ml.masked_swiglu_triton,
+        "compiled": _compiled_reference("masked_swiglu", _ml.masked_swiglu_reference),
     }
     return impls[name](t[0], t[1], t[2], t[3])
 
@@ -280,7 +339,11 @@ def masked_swiglu(
 
 
 def _run_norm(eps, kind):
-    impls = {"reference": _mn.masked_norm_reference, "triton": _mn.masked_norm_triton}
+    impls = {
+        "reference": _mn.masked_norm_reference,
+        "triton": _mn.masked_norm_triton,
+        "compiled": _compiled_reference("masked_norm", _mn.masked_norm_reference),
+    }
 
     def run(name, t):
         return impls[name](t[0], t[1], t[2], t[3], eps, kind)

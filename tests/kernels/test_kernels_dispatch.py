@@ -233,3 +233,37 @@ def test_triton_is_a_measured_candidate_where_fast(monkeypatch):
         assert not dispatch._triton_ok([x, w.float(), b, m])  # mixed data dtypes
     finally:
         dispatch.set_measure_on_cpu(old)
+
+
+def test_compiled_is_a_measured_candidate_when_offered(monkeypatch):
+    """Offered, torch.compile of the reference is measured beside the others, also on a
+    CPU; forced, it matches the reference in output and gradient; not offered, it is
+    never tried (nor measured on a CPU)."""
+    x, w, _, m = norm_args()
+    assert K.chosen_impl("masked_norm", x, w.requires_grad_(), None, m) == "reference"
+    assert dispatch.timings() == {}
+    monkeypatch.setenv(K.COMPILED_ENV_VAR, "1")
+    name = K.chosen_impl("masked_norm", x, w, None, m)
+    (times,) = dispatch.timings().values()
+    assert set(times) == {"compiled", "reference"} and name in times
+    old = K.offer_compiled(False)  # the function wins over the environment
+    try:
+        assert K.chosen_impl("masked_norm", x, w, None, m) == "reference"
+    finally:
+        K.offer_compiled(old)
+    xa, wa = x.clone().requires_grad_(), w.detach().clone().requires_grad_()
+    y = K.masked_norm(xa, wa, None, m, 1e-5, "layer", impl="compiled")
+    y.square().sum().backward()
+    xr, wr = x.clone().requires_grad_(), w.detach().clone().requires_grad_()
+    yr = K.masked_norm_reference(xr, wr, None, m, 1e-5, "layer")
+    yr.square().sum().backward()
+    torch.testing.assert_close(y, yr)
+    torch.testing.assert_close(xa.grad, xr.grad)
+    torch.testing.assert_close(wa.grad, wr.grad)
+
+
+def test_compiled_unavailable(monkeypatch):
+    monkeypatch.setattr(dispatch, "inductor_runnable", lambda device: False)
+    x, w, b, m = linear_args()
+    with pytest.raises(K.KernelUnavailableError, match="compiled implementation"):
+        K.masked_linear(x, w, b, m, "gelu", impl="compiled")
