@@ -48,6 +48,7 @@ lock:
 
 docs: $(STAMP)
 	$(PY) -m msgc.spec_docs > docs/spec.md
+	$(PY) -m msgc.graph.op_table > docs/ops.md
 
 clean:
 	rm -rf $(VENV) .lock-venv .pytest_cache build *.egg-info

@@ -18,6 +18,7 @@ from typing import Any
 from msgc import __version__
 from msgc.bench.commands import add_bench
 from msgc.errors import MsgcError, SpecError
+from msgc.graph import op_table
 from msgc.inspect import add_inspect
 from msgc.interop.commands import add_compile, add_export
 from msgc.spec import FamilyModelSpec, Spec, load_spec, spec_json_schema
@@ -368,8 +369,37 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- ops ------------------------------------------------------------------------------------
+
+
+def _add_ops(subparsers: Subparsers) -> None:
+    parser = subparsers.add_parser(
+        "ops", help="the ATen ops and what msgc does with a growing dimension in each",
+        description="Print each ATen op's rule kind and what it does with a growing dimension "
+                    "(docs/ops.md is the same table).")
+    parser.add_argument("--kind", help="only the ops of this kind: "
+                        + ", ".join(op_table.KINDS))
+    parser.add_argument("--core", action="store_true", help="only the core ATen opset")
+    parser.add_argument("--markdown", action="store_true", help="print docs/ops.md")
+    parser.set_defaults(handler=cmd_ops)
+
+
+def cmd_ops(args: argparse.Namespace) -> int:
+    """Print the op table (or its markdown page), filtered by kind and core."""
+    if args.markdown:
+        print(op_table.markdown(), end="")
+        return 0
+    if args.kind is not None and args.kind not in op_table.KINDS:
+        raise MsgcError(f"--kind {args.kind}: no such kind; use one of "
+                        f"{', '.join(op_table.KINDS)}")
+    rows = [r for r in op_table.op_rows()
+            if (not args.core or r.core) and (args.kind is None or r.kind == args.kind)]
+    print(op_table.text_table(rows) if rows else "no ops of that kind")
+    return 0
+
+
 COMMANDS: list[Callable[[Subparsers], None]] = [
     _add_validate, _add_schema, _add_info, add_inspect, _add_train, _add_compare, add_export,
-    add_compile, _add_demo, add_bench,
+    add_compile, _add_demo, add_bench, _add_ops,
 ]
 """Every subcommand's registration function, in the order `--help` lists them."""

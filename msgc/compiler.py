@@ -12,8 +12,9 @@ import torch.fx as fx
 import torch.nn as nn
 
 from msgc.errors import GrowthError
+from msgc.graph.analyze import analyze_graph
 from msgc.graph.blocks import find_blocks
-from msgc.graph.dims import Analysis, analyze_graph
+from msgc.graph.dims import Analysis
 from msgc.graph.plan import Groups, find_groups, plan_sizes
 from msgc.graph.trace import IR_MARK, to_ir
 from msgc.passes.deepen import deepen
@@ -21,7 +22,7 @@ from msgc.passes.fold import fold_masks
 from msgc.passes.fuse import fuse_masks
 from msgc.passes.masks import MASKS, insert_masks
 from msgc.passes.norms import mask_norms
-from msgc.passes.verify import run_eval, verify_preservation
+from msgc.passes.verify import run_eval, verify_new_paths, verify_preservation
 from msgc.passes.widen import ParamOrigin, rewrite_sizes, widen_parameters
 from msgc.report import GroupReport, describe_groups
 
@@ -125,6 +126,7 @@ def grow(
     grown.set_masks(0.0)
     if verify:
         record.preservation_error = verify_preservation(expected, grown, example_inputs, rtol)
+        verify_new_paths(expected, grown, example_inputs)
     record.after = _grown_sizes(record.before, targets)
     return grown
 

@@ -1,8 +1,9 @@
 """Dimension analysis: which tensor dimensions of a traced graph must grow together.
 
-Each op has a rule (msgc/graph/rules.py) over (tensor, dim) pairs. Running every rule over
-the graph gives, per node, one atom per output dimension; the union-find classes of the
-atoms are the coupling groups. Besides couplings, rules record what later passes need:
+Each op has a rule (msgc/graph/rules/) over (tensor, dim) pairs. Running every rule over
+the graph (msgc/graph/analyze.py) gives, per node, one atom per output dimension; the
+union-find classes of the atoms are the coupling groups. Besides couplings, rules record
+what later passes need:
 - `carries`: where each output dim takes its values from (for the zero-at-new analysis
   that decides where masks go),
 - `needs_zero`: (input, dim) pairs that are contracted or normalised, so new entries
@@ -15,7 +16,6 @@ atoms are the coupling groups. Besides couplings, rules record what later passes
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.fx as fx
 
 from msgc.errors import GraphError
@@ -105,63 +105,6 @@ class Analysis:
         self.size_args.append(SizeArg(node, path, atom))
 
 
-def analyze_graph(gm: fx.GraphModule) -> Analysis:
-    """Run every op's rule over the graph (shapes must be propagated first)."""
-    import msgc.graph.aten_rules  # noqa: F401  (registers the export-only ATen rules)
-    from msgc.graph.rules import rule_for
-
-    analysis = Analysis(gm)
-    for node in gm.graph.nodes:
-        if node.op == "output":
-            _output(analysis, node)
-            continue
-        if node.op == "placeholder":
-            if "tensor_meta" in node.meta and hasattr(node.meta["tensor_meta"], "shape"):
-                analysis.fresh(node, tags=("input",))
-            continue
-        if node.op == "get_attr":
-            _get_attr(analysis, node)
-            continue
-        if not _produces_tensors(node):
-            continue  # integer arithmetic on sizes, dtype/device reads
-        rule = rule_for(analysis, node)
-        if rule is None:
-            raise GraphError(
-                f"node {node.name}: no dimension rule for op {op_name(node)}; msgc cannot "
-                "tell how it couples dimensions. Rewrite it with supported ops or report it."
-            )
-        rule(analysis, node)
-    return analysis
-
-
-def _get_attr(analysis: Analysis, node: fx.Node) -> None:
-    value = fetch_attr(analysis.gm, node.target)
-    if not isinstance(value, torch.Tensor):
-        return
-    key = str(id(value))
-    first = analysis.param_nodes.setdefault(key, node)
-    if first is node:
-        analysis.fresh(node, tags=("param",))
-    else:  # a tied weight: the same tensor reached by another name
-        analysis.dims[node] = analysis.dims[first]
-
-
-def _output(analysis: Analysis, node: fx.Node) -> None:
-    for value in torch.utils._pytree.tree_leaves(node.args):
-        if analysis.is_tensor(value):
-            for atom in analysis.of(value):
-                analysis.atoms.tag(atom, "output")
-
-
-def _produces_tensors(node: fx.Node) -> bool:
-    meta = node.meta.get("tensor_meta")
-    if meta is None:
-        return False
-    if hasattr(meta, "shape"):
-        return True
-    return isinstance(meta, (tuple, list)) and all(hasattr(m, "shape") for m in meta)
-
-
 def _is_flat(dims: list) -> bool:
     return all(isinstance(d, int) for d in dims)
 
@@ -195,3 +138,18 @@ def op_name(node: fx.Node) -> str:
 def where(node: fx.Node) -> str:
     return f"node {node.name} ({op_name(node)})"
 
+
+
+def first_tensor(a: Analysis, node: fx.Node) -> fx.Node:
+    """The first tensor among a node's positional arguments."""
+    for value in node.args:
+        if a.is_tensor(value):
+            return value
+    raise GraphError(f"{where(node)}: expected a tensor argument")
+
+
+def dim_arg(node: fx.Node, index: int, name: str):
+    """An argument given by position ``index`` or by keyword ``name`` (None if absent)."""
+    if len(node.args) > index:
+        return node.args[index]
+    return node.kwargs.get(name)

@@ -42,6 +42,8 @@ class Groups:
     heads: list[HeadGroup]
     fixed: set[int]
     blocks: list[str] = field(default_factory=list)
+    # linear widths an op fixes (a router's expert count under softmax): leaf -> why
+    ffn_fixed: dict[int, str] = field(default_factory=dict)
 
 
 def find_groups(a: Analysis) -> Groups:
@@ -53,13 +55,25 @@ def find_groups(a: Analysis) -> Groups:
     heads = _head_groups(a, fixed)
     head_leaves = {x for h in heads for x in (h.heads, h.kv, h.group) if x is not None}
     in_blocks = _block_leaves(a)
-    ffn = sorted(
+    widths = sorted(
         leaf for leaf, tags in inherited.items()
         if "linear_out" in tags and leaf not in fixed and leaf != hidden
         and leaf not in head_leaves and at.size(leaf) > 1
         and (in_blocks is None or leaf in in_blocks)
     )
-    return Groups(hidden=hidden, ffn=ffn, heads=heads, fixed=fixed)
+    forbidden = _forbidden_leaves(a)
+    ffn = [leaf for leaf in widths if leaf not in forbidden]
+    ffn_fixed = {leaf: forbidden[leaf] for leaf in widths if leaf in forbidden}
+    return Groups(hidden=hidden, ffn=ffn, heads=heads, fixed=fixed, ffn_fixed=ffn_fixed)
+
+
+def _forbidden_leaves(a: Analysis) -> dict[int, str]:
+    """Leaf classes some op cannot take growing (softmax over them, top-k...): leaf -> why."""
+    found: dict[int, str] = {}
+    for node, atom, why in a.forbidden:
+        for leaf in a.atoms.leaves(atom):
+            found.setdefault(leaf, f"node {node.name}: {why}")
+    return found
 
 
 def _block_leaves(a: Analysis) -> set[int] | None:
@@ -213,6 +227,10 @@ def plan_sizes(a: Analysis, groups: Groups, hidden=None, ffn=None, heads=None,
                               "model has no normalised dimension to grow")
         _set(new, groups.hidden, at.size(groups.hidden), hidden, "hidden")
     if ffn is not None:
+        if not groups.ffn and groups.ffn_fixed:
+            why = next(iter(groups.ffn_fixed.values())).rstrip(",")
+            raise GrowthError(f"ffn: the model's feed-forward widths cannot grow ({why} on "
+                              "one); grow other dimensions")
         if not groups.ffn:
             raise GrowthError("ffn: the model has no feed-forward width to grow")
         for leaf in groups.ffn:

@@ -160,7 +160,57 @@ def _export(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
         if node.op == "call_module" and node.target == "_guards_fn":
             graph.erase_node(node)
     gm = fx.GraphModule(unlifted, graph, class_name=type(model).__name__)
+    _inline_wrapped_regions(gm)
     return gm
+
+
+# torch.export's higher-order ops for a region under torch.no_grad() / torch.autocast:
+# (the index of the body submodule in the node's args, whether it is a grad region)
+_WRAPPED_REGIONS = {
+    torch.ops.higher_order.wrap_with_set_grad_enabled: (1, True),
+    torch.ops.higher_order.wrap_with_autocast: (4, False),
+}
+
+
+def _inline_wrapped_regions(gm: fx.GraphModule) -> None:
+    """Inline the bodies of no_grad and autocast regions so the analysis sees their ops.
+
+    A ``no_grad`` region's outputs are detached (the same values and gradients); an
+    autocast region's ops run under the caller's autocast setting.
+    """
+    for node in list(gm.graph.nodes):
+        if node.op != "call_function" or node.target not in _WRAPPED_REGIONS:
+            continue
+        body_at, grad_region = _WRAPPED_REGIONS[node.target]
+        body = getattr(gm, node.args[body_at].target)
+        operands = node.args[body_at + 1:]
+        no_grad = grad_region and not node.args[0]
+        with gm.graph.inserting_before(node):
+            outputs = _copy_body(gm.graph, body.graph, operands, node)
+            if no_grad:
+                outputs = [_call(gm.graph, node, aten.detach.default, (out,)) for out in outputs]
+        for user in list(node.users):  # getitem(region, i)
+            user.replace_all_uses_with(outputs[user.args[1]])
+            gm.graph.erase_node(user)
+        gm.graph.erase_node(node)
+    gm.graph.eliminate_dead_code()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+
+
+def _copy_body(graph: fx.Graph, body: fx.Graph, operands: tuple,
+               call: fx.Node) -> list[fx.Node]:
+    """Copy a region's body into `graph` (placeholders bound to `operands`), each node
+    placed in the module of the `call` (a body shared by several calls has one); its
+    outputs."""
+    env = dict(zip([n for n in body.nodes if n.op == "placeholder"], operands, strict=True))
+    for n in body.nodes:
+        if n.op == "output":
+            return list(torch.utils._pytree.tree_leaves(fx.map_arg(n.args[0], env.get)))
+        if n.op != "placeholder":
+            env[n] = graph.node_copy(n, env.get)
+            env[n].meta["nn_module_stack"] = dict(call.meta.get("nn_module_stack", {}))
+    raise GraphError("a wrapped region without an output")  # torch.export always gives one
 
 
 def _dynamic_dims(x):

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from msgc.compiler import measured_sizes
 from msgc.errors import GrowthError
-from msgc.graph.dims import analyze_graph
+from msgc.graph.analyze import analyze_graph
 from msgc.graph.plan import find_groups
 from msgc.graph.trace import propagate_shapes
 from msgc.passes.verify import relative_error, run_eval

@@ -1,4 +1,5 @@
-"""Verify: the grown model at mask 0 must compute what the original model computed."""
+"""Verify: the grown model at mask 0 must compute what the original model computed, and at
+mask 1 (every new path open) it must run and return outputs of the same shapes."""
 
 import torch
 import torch.nn as nn
@@ -43,3 +44,25 @@ def verify_preservation(expected, grown: nn.Module, example_inputs: tuple,
             "This is a bug in msgc or an op it misread; please report the model."
         )
     return error
+
+
+def verify_new_paths(expected, grown: nn.Module, example_inputs: tuple) -> None:
+    """Raise PreservationError if the grown model fails, changes shapes or returns
+    non-finite values with every mask at 1 (a shape error on a new path surfaces here)."""
+    old = grown.mask_value
+    grown.set_masks(1.0)
+    try:
+        actual = run_eval(grown, example_inputs)
+    except Exception as err:  # noqa: BLE001 - any failure here is msgc's bug, reported as such
+        raise PreservationError(
+            f"the grown model fails with its masks at 1 ({type(err).__name__}: {err}). This "
+            "is a bug in msgc or an op it misread; please report the model.") from err
+    finally:
+        grown.set_masks(old)
+    for e, a in zip(torch.utils._pytree.tree_leaves(expected),
+                    torch.utils._pytree.tree_leaves(actual), strict=True):
+        if isinstance(e, torch.Tensor) and (e.shape != a.shape or not torch.isfinite(a).all()):
+            raise PreservationError(
+                f"the grown model's output at mask 1 has shape {tuple(a.shape)} where the "
+                f"original's has {tuple(e.shape)}, or is not finite. This is a bug in msgc or "
+                "an op it misread; please report the model.")

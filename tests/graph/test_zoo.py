@@ -269,3 +269,28 @@ def test_pooler_is_not_ffn() -> None:
     assert all(m.startswith("layer.") for r in ffn for m in r.members), ffn
     grown = msgc.grow(model, example_inputs=inputs, ffn=48)
     assert grown.get_parameter("pooler.weight").shape == (16, 16)
+
+
+def test_moe_grows_each_expert_not_the_router() -> None:
+    """ffn grows every expert's hidden layer; the router's expert count stays, and so do
+    the rotary table and the routing (top-k, scatter), which no growing dim reaches."""
+    model, inputs = make(BY_NAME["rotary_outer_topk_moe"])
+    grown = msgc.grow(model, example_inputs=inputs, ffn=48, hidden=24)
+    for e in range(4):
+        assert grown.get_parameter(f"blocks.0.moe.experts.{e}.w1.weight").shape == (48, 24)
+        assert grown.get_parameter(f"blocks.1.moe.experts.{e}.w2.weight").shape == (24, 48)
+    assert grown.get_parameter("blocks.0.moe.router.weight").shape == (4, 24)
+
+
+def test_no_grad_and_autocast_regions_are_analysed() -> None:
+    """torch.export wraps @torch.no_grad() and autocast regions in higher-order ops; msgc
+    inlines their bodies, so the heads inside an autocast region are found and grow."""
+    from msgc.graph.trace import to_ir
+
+    model, inputs = make(BY_NAME["export_no_grad_autocast_rotary"])
+    ir = to_ir(model, inputs)
+    targets = {str(n.target) for n in ir.graph.nodes}
+    assert "aten.outer.default" in targets  # the rotary table, from a no_grad body
+    assert not any("higher_order" in t or "wrap_with" in t for t in targets)
+    heads = [r for r in msgc.analyze(model, example_inputs=inputs) if r.name == "heads"]
+    assert heads and heads[0].size == 2

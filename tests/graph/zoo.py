@@ -864,12 +864,6 @@ def images() -> tuple:
 
 
 
-VARIANTS += [
-    Variant("alibi_slopes_buffer", AlibiLM, _ids, MHA),
-    Variant("vit_linear_patches_cls", lambda: TinyViT(conv=False), images, MHA),
-    Variant("vit_conv_patches_cls", TinyViT, images, MHA),
-]
-BY_NAME = {v.name: v for v in VARIANTS}
 
 
 def found_sizes(model: nn.Module, inputs: tuple) -> dict[str, set[int]]:
@@ -887,3 +881,122 @@ def found_sizes(model: nn.Module, inputs: tuple) -> dict[str, set[int]]:
             found.setdefault("kv_heads", set()).add(size)
         found.setdefault("layers" if name == "blocks" else name, set()).add(size)
     return found
+
+
+# --- 14. rotary table built in forward (torch.outer) and a top-k Mixture of Experts --------
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class RotaryAttention(nn.Module):
+    """Rotary embeddings computed in forward from arange and an inv_freq buffer; with
+    `wrapped`, the table under @torch.no_grad() and attention under autocast(enabled=False),
+    as Hugging Face's rotary classes write them."""
+
+    def __init__(self, dim, n_heads, head_dim=8, wrapped=False):
+        super().__init__()
+        self.n_heads, self.head_dim, self.wrapped = n_heads, head_dim, wrapped
+        self.qkv = nn.Linear(dim, 3 * n_heads * head_dim, bias=False)
+        self.proj = nn.Linear(n_heads * head_dim, dim, bias=False)
+        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _table(self, T, device):
+        freqs = torch.outer(torch.arange(T, device=device).float(), self.inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)  # (T, hd)
+        return emb.cos(), emb.sin()
+
+    @torch.no_grad()
+    def _table_no_grad(self, T, device):
+        return self._table(T, device)
+
+    def forward(self, x):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).unbind(2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hd)
+        cos, sin = (self._table_no_grad if self.wrapped else self._table)(T, x.device)
+        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+        if self.wrapped:
+            with torch.autocast(x.device.type, enabled=False):
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class Expert(nn.Module):
+    def __init__(self, dim, hidden):
+        super().__init__()
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.gelu(self.w1(x)))
+
+
+class TopKMoE(nn.Module):
+    """Softmax router, top-k, renormalised gates scattered back; every expert computed."""
+
+    def __init__(self, dim, hidden, n_experts=4, k=2):
+        super().__init__()
+        self.k = k
+        self.router = nn.Linear(dim, n_experts, bias=False)
+        self.experts = nn.ModuleList([Expert(dim, hidden) for _ in range(n_experts)])
+
+    def forward(self, x):
+        probs = self.router(x).softmax(dim=-1)  # (B, T, E)
+        weights, chosen = probs.topk(self.k, dim=-1)  # (B, T, k)
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+        gates = torch.zeros_like(probs).scatter(-1, chosen, weights)  # (B, T, E)
+        out = 0
+        for e, expert in enumerate(self.experts):
+            out = out + gates[..., e : e + 1] * expert(x)
+        return out
+
+
+class RotaryMoEBlock(nn.Module):
+    def __init__(self, dim, n_heads, ffn, wrapped=False):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = RotaryAttention(dim, n_heads, wrapped=wrapped)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.moe = TopKMoE(dim, ffn)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.moe(self.ln_2(x))
+
+
+class RotaryMoELM(nn.Module):
+    """`wrapped`: no_grad/autocast regions and an assert on the length (so torch.export,
+    which wraps those regions in higher-order ops, traces it)."""
+
+    def __init__(self, dim=16, n_heads=2, ffn=32, n_layers=2, wrapped=False):
+        super().__init__()
+        self.wrapped = wrapped
+        self.wte = nn.Embedding(VOCAB, dim)
+        self.blocks = nn.ModuleList([RotaryMoEBlock(dim, n_heads, ffn, wrapped)
+                                     for _ in range(n_layers)])
+        self.ln_f = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, VOCAB, bias=False)
+
+    def forward(self, idx):
+        if self.wrapped:
+            assert idx.shape[1] <= BLOCK, "sequence longer than the block size"
+        x = self.wte(idx)
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+VARIANTS += [
+    Variant("alibi_slopes_buffer", AlibiLM, _ids, MHA),
+    Variant("vit_linear_patches_cls", lambda: TinyViT(conv=False), images, MHA),
+    Variant("vit_conv_patches_cls", TinyViT, images, MHA),
+    Variant("rotary_outer_topk_moe", RotaryMoELM, _ids, MHA),
+    Variant("export_no_grad_autocast_rotary", lambda: RotaryMoELM(wrapped=True), _ids, MHA),
+]
+BY_NAME = {v.name: v for v in VARIANTS}

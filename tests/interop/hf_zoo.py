@@ -150,8 +150,6 @@ _MQA = ("MQA", "multi-query: one key/value head serves every query head; there i
                 "key/value layout to grow")
 _BATCH_HEADS = ("mixes batch or sequence sizes with a dimension that grows",
                 "{what} merges batch and heads into one dimension (batch * heads, ...)")
-_MOE = ("aten.topk", "Mixture-of-Experts routing (topk, sort, histc, transformers' grouped_mm "
-                     "op) has no dimension rules yet: issue 19 item 5")
 
 # (family, dimension) -> (pattern of the msgc error, why); every other case must grow
 FAILS: dict[tuple[str, str], tuple[str, str]] = {
@@ -160,7 +158,6 @@ FAILS: dict[tuple[str, str], tuple[str, str]] = {
     ("bloom", "heads"): (_BATCH_HEADS[0], _BATCH_HEADS[1].format(what="attention")),
     ("deberta_v2", "heads"): (_BATCH_HEADS[0],
                               _BATCH_HEADS[1].format(what="the relative-position bias")),
-    **{(family, dim): _MOE for family in ("mixtral", "qwen2_moe") for dim in DIMS},
 }
 
 
