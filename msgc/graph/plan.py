@@ -44,6 +44,7 @@ class Groups:
     blocks: list[str] = field(default_factory=list)
     # linear widths an op fixes (a router's expert count under softmax): leaf -> why
     ffn_fixed: dict[int, str] = field(default_factory=dict)
+    hidden_sliced_by: str | None = None  # a node that slices the residual stream
 
 
 def find_groups(a: Analysis) -> Groups:
@@ -64,7 +65,8 @@ def find_groups(a: Analysis) -> Groups:
     forbidden = _forbidden_leaves(a)
     ffn = [leaf for leaf in widths if leaf not in forbidden]
     ffn_fixed = {leaf: forbidden[leaf] for leaf in widths if leaf in forbidden}
-    return Groups(hidden=hidden, ffn=ffn, heads=heads, fixed=fixed, ffn_fixed=ffn_fixed)
+    return Groups(hidden=hidden, ffn=ffn, heads=heads, fixed=fixed, ffn_fixed=ffn_fixed,
+                  hidden_sliced_by=_sliced_hidden(a, hidden))
 
 
 def _forbidden_leaves(a: Analysis) -> dict[int, str]:
@@ -118,6 +120,22 @@ def _hidden(a: Analysis, fixed: set[int]) -> int | None:
                     counts[leaf] = counts.get(leaf, 0) + 1
     if counts:
         return max(counts, key=lambda leaf: (counts[leaf], -leaf))
+    return None
+
+
+def _sliced_hidden(a: Analysis, hidden: int | None) -> str | None:
+    """Where the residual stream is cut into pieces (a slice of it), if it is: growing one
+    piece would not grow the whole."""
+    if hidden is None:
+        return None
+    for atoms in a.normalized.values():
+        for atom in atoms:
+            leaves = [x for x in a.atoms.leaves(atom) if a.atoms.size(x) > 0]
+            if hidden not in leaves or len(leaves) < 2:
+                continue
+            for arg in a.size_args:
+                if arg.kind == "slice" and a.atoms.find(arg.within) == a.atoms.find(atom):
+                    return arg.node.name
     return None
 
 
@@ -225,6 +243,10 @@ def plan_sizes(a: Analysis, groups: Groups, hidden=None, ffn=None, heads=None,
         if groups.hidden is None:
             raise GrowthError("hidden: no hidden (residual stream) dimension was found; the "
                               "model has no normalised dimension to grow")
+        if groups.hidden_sliced_by is not None:
+            raise GrowthError(f"hidden: node {groups.hidden_sliced_by} slices the residual "
+                              "stream into pieces; msgc cannot grow a sliced residual stream "
+                              "yet: grow other dimensions")
         _set(new, groups.hidden, at.size(groups.hidden), hidden, "hidden")
     if ffn is not None:
         if not groups.ffn and groups.ffn_fixed:

@@ -37,7 +37,7 @@ def relative_error(expected, actual) -> float:
 def verify_preservation(expected, grown: nn.Module, example_inputs: tuple,
                         rtol: float = 1e-5) -> float:
     """Raise PreservationError if the grown model's output moved; return the error."""
-    error = relative_error(expected, run_eval(grown, example_inputs))
+    error = relative_error(expected, _run_grown(grown, example_inputs))
     if not error <= rtol:
         raise PreservationError(
             f"the grown model's output moved at mask 0: relative error {error:.3g} > {rtol:g}. "
@@ -52,11 +52,7 @@ def verify_new_paths(expected, grown: nn.Module, example_inputs: tuple) -> None:
     old = grown.mask_value
     grown.set_masks(1.0)
     try:
-        actual = run_eval(grown, example_inputs)
-    except Exception as err:  # noqa: BLE001 - any failure here is msgc's bug, reported as such
-        raise PreservationError(
-            f"the grown model fails with its masks at 1 ({type(err).__name__}: {err}). This "
-            "is a bug in msgc or an op it misread; please report the model.") from err
+        actual = _run_grown(grown, example_inputs)
     finally:
         grown.set_masks(old)
     for e, a in zip(torch.utils._pytree.tree_leaves(expected),
@@ -66,3 +62,14 @@ def verify_new_paths(expected, grown: nn.Module, example_inputs: tuple) -> None:
                 f"the grown model's output at mask 1 has shape {tuple(a.shape)} where the "
                 f"original's has {tuple(e.shape)}, or is not finite. This is a bug in msgc or "
                 "an op it misread; please report the model.")
+
+
+def _run_grown(grown: nn.Module, example_inputs: tuple):
+    """The grown model's output; a failure to run is msgc's bug, reported as such."""
+    try:
+        return run_eval(grown, example_inputs)
+    except Exception as err:  # noqa: BLE001 - whatever broke, the grown graph is wrong
+        raise PreservationError(
+            f"the grown model fails with its masks at {grown.mask_value:g} "
+            f"({type(err).__name__}: {err}). This is a bug in msgc or an op it misread; "
+            "please report the model.") from err

@@ -168,7 +168,11 @@ def rule_masked_fill(a: Analysis, node: fx.Node) -> None:
       aten.ne.Scalar, aten.le.Tensor, aten.le.Scalar, aten.lt.Tensor, aten.lt.Scalar,
       aten.ge.Tensor, aten.ge.Scalar, aten.gt.Tensor, aten.gt.Scalar, aten.logical_and.default,
       aten.logical_or.default, aten.logical_not.default, aten.bitwise_not.default,
-      aten.bitwise_and.Tensor, aten.bitwise_or.Tensor)
+      aten.bitwise_and.Tensor, aten.bitwise_or.Tensor, operator.gt, operator.lt, operator.ge,
+      operator.le, operator.eq, operator.ne, operator.and_, operator.or_, operator.invert,
+      torch.gt, torch.lt, torch.ge, torch.le, torch.eq, torch.ne, torch.logical_and,
+      torch.logical_or, torch.logical_not, "gt", "lt", "ge", "le", "eq", "ne",
+      "logical_and", "logical_or", "logical_not")
 def rule_compare(a: Analysis, node: fx.Node) -> None:
     """Comparisons and boolean logic: broadcasting, no zeros kept."""
     broadcast(a, node, list(node.args[:2]), "all")

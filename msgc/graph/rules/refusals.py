@@ -23,9 +23,11 @@ def fixed(why: str) -> Rule:
     def rule_fixed(a: Analysis, node: fx.Node) -> None:
         reason = why.format(op=op_name(node))
         outputs = _fresh_outputs(a, node)
-        inputs = [v for v in node.all_input_nodes if a.is_tensor(v)]
-        for atom in [atom for dims in outputs for atom in dims] + [
-                atom for value in inputs for atom in a.of(value)]:
+        touched = [atom for dims in outputs for atom in dims]
+        for value in node.all_input_nodes:  # tensors, and tuples of them (a split's pieces)
+            dims = a.dims.get(value, [])
+            touched += [atom for d in dims for atom in (d if isinstance(d, list) else [d])]
+        for atom in touched:
             a.forbid(node, atom, reason)
 
     return rule_fixed

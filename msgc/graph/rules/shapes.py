@@ -12,6 +12,7 @@ import torch.fx as fx
 
 from msgc.errors import GraphError
 from msgc.graph.dims import Analysis, Carry, SizeArg, dim_arg, where
+from msgc.graph.rules.refusals import fixed
 from msgc.graph.rules.registry import rule
 
 aten = torch.ops.aten
@@ -444,6 +445,9 @@ def rule_select(a: Analysis, node: fx.Node) -> None:
 def rule_cat(a: Analysis, node: fx.Node) -> None:
     """cat along a dim: that dim is the sum of the pieces (each may grow)."""
     tensors = node.args[0]
+    if not isinstance(tensors, (list, tuple)):  # cat(x.split(...)): the tuple itself
+        fixed("a cat of a whole tuple (write torch.cat(list(pieces)) to let it grow),")(a, node)
+        return
     out = a.fresh(node)
     dim = (dim_arg(node, 1, "dim") or 0) % len(out)
     for t in tensors:
