@@ -957,13 +957,39 @@ class TopKMoE(nn.Module):
         return out
 
 
+class SparseMoE(nn.Module):
+    """Mixtral's eager loop: route, then per expert take its tokens by index and index_add_
+    its outputs back. msgc has no rule for indexing by a tensor of indices: the hidden size
+    cannot grow through it (refused), the rest grows."""
+
+    def __init__(self, dim, hidden, n_experts=4, k=2):
+        super().__init__()
+        self.k, self.n_experts = k, n_experts
+        self.gate = nn.Linear(dim, n_experts, bias=False)
+        self.experts = nn.ModuleList([Expert(dim, hidden) for _ in range(n_experts)])
+
+    def forward(self, x):
+        B, T, C = x.shape
+        x = x.view(-1, C)  # (N, C)
+        weights = F.softmax(self.gate(x), dim=-1, dtype=torch.float)
+        weights, chosen = torch.topk(weights, self.k, dim=-1)  # (N, k)
+        weights = (weights / weights.sum(dim=-1, keepdim=True)).to(x.dtype)
+        out = torch.zeros((B * T, C), dtype=x.dtype, device=x.device)
+        mask = F.one_hot(chosen, num_classes=self.n_experts).permute(2, 1, 0)  # (E, k, N)
+        for e in range(self.n_experts):
+            slot, token = torch.where(mask[e])
+            y = self.experts[e](x[None, token].reshape(-1, C)) * weights[token, slot, None]
+            out.index_add_(0, token, y)
+        return out.reshape(B, T, C)
+
+
 class RotaryMoEBlock(nn.Module):
-    def __init__(self, dim, n_heads, ffn, wrapped=False):
+    def __init__(self, dim, n_heads, ffn, wrapped=False, sparse=False):
         super().__init__()
         self.ln_1 = nn.LayerNorm(dim)
         self.attn = RotaryAttention(dim, n_heads, wrapped=wrapped)
         self.ln_2 = nn.LayerNorm(dim)
-        self.moe = TopKMoE(dim, ffn)
+        self.moe = SparseMoE(dim, ffn) if sparse else TopKMoE(dim, ffn)
 
     def forward(self, x):
         x = x + self.attn(self.ln_1(x))
@@ -974,11 +1000,11 @@ class RotaryMoELM(nn.Module):
     """`wrapped`: no_grad/autocast regions and an assert on the length (so torch.export,
     which wraps those regions in higher-order ops, traces it)."""
 
-    def __init__(self, dim=16, n_heads=2, ffn=32, n_layers=2, wrapped=False):
+    def __init__(self, dim=16, n_heads=2, ffn=32, n_layers=2, wrapped=False, sparse=False):
         super().__init__()
         self.wrapped = wrapped
         self.wte = nn.Embedding(VOCAB, dim)
-        self.blocks = nn.ModuleList([RotaryMoEBlock(dim, n_heads, ffn, wrapped)
+        self.blocks = nn.ModuleList([RotaryMoEBlock(dim, n_heads, ffn, wrapped, sparse)
                                      for _ in range(n_layers)])
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, VOCAB, bias=False)
@@ -998,5 +1024,8 @@ VARIANTS += [
     Variant("vit_conv_patches_cls", TinyViT, images, MHA),
     Variant("rotary_outer_topk_moe", RotaryMoELM, _ids, MHA),
     Variant("export_no_grad_autocast_rotary", lambda: RotaryMoELM(wrapped=True), _ids, MHA),
+    Variant("sparse_moe_index_add", lambda: RotaryMoELM(sparse=True), _ids,
+            {case: MHA[case] for case in ("ffn", "heads", "layers")},
+            refused={"hidden": ({"hidden": 24}, r"indexing with a tensor of indices")}),
 ]
 BY_NAME = {v.name: v for v in VARIANTS}

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from msgc.errors import GraphError
 from msgc.graph.dims import Analysis, where
+from msgc.graph.rules.refusals import fixed
 from msgc.graph.rules.registry import rule
 from msgc.graph.rules.shapes import slice_dim, tie_index
 
@@ -32,6 +33,9 @@ def rule_getitem(a: Analysis, node: fx.Node) -> None:
 
 
 def _index_tensor(a: Analysis, node: fx.Node, x: fx.Node, index: tuple) -> None:
+    if any(isinstance(i, fx.Node) and not _is_bool_mask(i) for i in index):
+        fixed("indexing with a tensor of indices (x[idx]), which msgc has no rule for,")(a, node)
+        return
     dims = a.of(x)
     a.fresh(node)
     n_real = sum(1 for i in index if i is not None and i is not Ellipsis)
@@ -58,7 +62,7 @@ def _index_tensor(a: Analysis, node: fx.Node, x: fx.Node, index: tuple) -> None:
             d_in, d_out = d_in + len(a.of(item)), d_out + 1
         else:
             raise GraphError(f"{where(node)}: indexing with {type(item).__name__} is not "
-                             "supported; use slices, None, integers or a boolean mask")
+                             "supported; use slices, None, integers or tensors")
     while d_in < len(dims):
         tie_index(a, node, x, d_in, d_out)
         d_in, d_out = d_in + 1, d_out + 1

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from msgc.graph.dims import Analysis, dim_arg, first_tensor
+from msgc.graph.rules.refusals import fixed
 from msgc.graph.rules.registry import module_rule, rule
 
 aten = torch.ops.aten
@@ -65,6 +66,9 @@ def rule_add(a: Analysis, node: fx.Node) -> None:
       aten.where.Scalar)
 def rule_where(a: Analysis, node: fx.Node) -> None:
     """where(cond, x, y): x and y broadcast; new entries are zero where both are."""
+    if len(node.args) < 3:  # where(cond): the indices of its non-zero entries
+        fixed("where(cond), the indices of the true entries, which depend on the data,")(a, node)
+        return
     cond, x, y = node.args[:3]
     broadcast(a, node, [x, y], "all")
     if a.is_tensor(cond):
