@@ -105,6 +105,11 @@ class Analysis:
         self.size_args.append(SizeArg(node, path, atom))
 
 
+def flat_atoms(dims: list) -> list[int]:
+    """The atoms of a node's dims: a tensor's, or every piece's of a tuple of tensors."""
+    return [x for d in dims for x in (d if isinstance(d, list) else [d])]
+
+
 def _is_flat(dims: list) -> bool:
     return all(isinstance(d, int) for d in dims)
 

@@ -14,7 +14,7 @@ import torch
 from msgc.errors import GrowthError
 from msgc.graph.atoms import Atoms
 from msgc.graph.blocks import find_blocks
-from msgc.graph.dims import Analysis
+from msgc.graph.dims import Analysis, flat_atoms
 
 FIXED_TAGS = {"input", "output", "index", "head_dim"}
 
@@ -98,17 +98,13 @@ def _inherited_tags(a: Analysis) -> dict[int, set[str]]:
     """Tags of every leaf class, including those of the composite dims above it."""
     at = a.atoms
     leaf_tags: dict[int, set[str]] = {}
-    for atom in {at.find(x) for dims in a.dims.values() for x in _flat(dims)}:
+    for atom in {at.find(x) for dims in a.dims.values() for x in flat_atoms(dims)}:
         tags = at.tags_of(atom)
         for leaf in at.leaves(atom):
             leaf_tags.setdefault(leaf, set()).update(
                 tags if leaf == atom else tags & (FIXED_TAGS | {"heads", "linear_out"})
             )
     return leaf_tags
-
-
-def _flat(dims: list) -> list[int]:
-    return [x for d in dims for x in (d if isinstance(d, list) else [d])]
 
 
 def _hidden(a: Analysis, fixed: set[int]) -> int | None:
@@ -143,7 +139,7 @@ def _head_groups(a: Analysis, fixed: set[int]) -> list[HeadGroup]:
     at = a.atoms
     seen, groups = set(), []
     for node, dims in a.dims.items():
-        for atom in _flat(dims):
+        for atom in flat_atoms(dims):
             root = at.find(atom)
             if root in seen or not ({"heads", "attn_batch"} & at.tags_of(root)):
                 continue

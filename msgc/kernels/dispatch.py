@@ -22,6 +22,7 @@ disagrees with the reference, caches the fastest and uses it from then on.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import shutil
@@ -105,7 +106,13 @@ def inductor_runnable(device: torch.device) -> bool:
     and a CUDA GPU, or a C++ compiler for a CPU."""
     if device.type == "cuda":
         return triton_fast(device)
-    return device.type == "cpu" and any(shutil.which(cc) for cc in ("g++", "clang++", "c++"))
+    return device.type == "cpu" and _has_cxx()
+
+
+@functools.cache
+def _has_cxx() -> bool:
+    """A C++ compiler on PATH (looked up once: the dispatcher asks on every call)."""
+    return any(shutil.which(cc) for cc in ("g++", "clang++", "c++"))
 
 
 def _compiled_reference(op: str, reference: Callable) -> Callable:

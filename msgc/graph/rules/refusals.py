@@ -9,7 +9,7 @@ growing dim that reaches one is refused before anything is returned, naming the 
 import torch
 import torch.fx as fx
 
-from msgc.graph.dims import Analysis, op_name
+from msgc.graph.dims import Analysis, flat_atoms, op_name
 from msgc.graph.rules.registry import Rule, refuse
 
 aten = torch.ops.aten
@@ -23,10 +23,9 @@ def fixed(why: str) -> Rule:
     def rule_fixed(a: Analysis, node: fx.Node) -> None:
         reason = why.format(op=op_name(node))
         outputs = _fresh_outputs(a, node)
-        touched = [atom for dims in outputs for atom in dims]
+        touched = flat_atoms(outputs)
         for value in node.all_input_nodes:  # tensors, and tuples of them (a split's pieces)
-            dims = a.dims.get(value, [])
-            touched += [atom for d in dims for atom in (d if isinstance(d, list) else [d])]
+            touched += flat_atoms(a.dims.get(value, []))
         for atom in touched:
             a.forbid(node, atom, reason)
 
